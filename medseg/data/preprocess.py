@@ -1,0 +1,233 @@
+"""Deterministic preprocessing shared by training and inference, with its exact inverse.
+
+Training and prediction must see identical inputs, and predictions must go back to the
+input's exact geometry. We therefore implement the deterministic steps here, as plain
+functions on (C, X, Y, Z) arrays with their affines, instead of MONAI's invertible dict
+transforms: the inverse of each step is explicit and cheap (orientation is a lossless
+flip/permute, resampling is the same interpolation run backwards on the same grid
+definition), and inference never has to keep MONAI's transform stack or full-resolution
+logits alive (the memory blow-up of ``Invertd`` on large CTs).
+
+Grid convention for resampling: the field of view is kept (``align_corners=False``):
+``n`` voxels of spacing ``s`` become ``n'`` voxels of spacing ``s * n / n'``, and the
+affine is updated accordingly, so resampling back to ``n`` voxels is the exact inverse grid.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from medseg.utils import atomic_write_text
+
+
+@dataclass
+class PreprocessingPlan:
+    """Everything needed to preprocess a case identically at training and inference.
+
+    Saved as ``preprocessing.json`` in every run directory; the predictor reads it so
+    nothing has to be re-specified at inference time.
+    """
+
+    target_spacing: list[float]
+    """mm, canonical (RAS) axis order."""
+    normalization: str
+    """'zscore' (per case, per channel), 'ct' (clip + dataset z-score) or 'none'."""
+    channel_names: list[str] = field(default_factory=lambda: ["image"])
+    labels: dict[str, int] = field(default_factory=lambda: {"background": 0})
+    ct_clip: list[float] | None = None
+    ct_mean: float = 0.0
+    ct_std: float = 1.0
+    crop_foreground: bool = True
+
+    @property
+    def num_classes(self) -> int:
+        return max(self.labels.values()) + 1
+
+    def save(self, path: Path | str) -> None:
+        atomic_write_text(path, json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path | str) -> PreprocessingPlan:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+# ------------------------------------------------------------------ orientation
+
+
+def canonical_transform(affine: np.ndarray) -> np.ndarray:
+    """nibabel orientation transform taking the array's axes to RAS."""
+    return nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt("RAS")
+    )
+
+
+def reorient(array: np.ndarray, affine: np.ndarray, ornt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Apply an orientation transform to a (..., X, Y, Z) array; return (array, new affine).
+
+    Lossless: only flips and axis permutations, so world coordinates of every voxel are kept.
+    """
+    spatial = array.shape[-3:]
+    lead = array.ndim - 3
+    out = array
+    # nibabel's apply_orientation works on leading spatial axes; move channels last.
+    if lead:
+        out = np.moveaxis(out, list(range(lead)), list(range(-lead, 0)))
+    out = nib.orientations.apply_orientation(out, ornt)
+    if lead:
+        out = np.moveaxis(out, list(range(-lead, 0)), list(range(lead)))
+    new_affine = affine @ nib.orientations.inv_ornt_aff(ornt, spatial)
+    return np.ascontiguousarray(out), new_affine
+
+
+def inverse_ornt(ornt: np.ndarray) -> np.ndarray:
+    """The orientation transform that undoes ``ornt``."""
+    inv = np.zeros_like(ornt)
+    for src, (dst, flip) in enumerate(ornt):
+        inv[int(dst)] = [src, flip]
+    return inv
+
+
+# ------------------------------------------------------------------ resampling
+
+
+def target_shape(shape: tuple[int, ...], spacing: tuple[float, ...], target: list[float]) -> tuple[int, int, int]:
+    """Voxel count after resampling ``shape`` at ``spacing`` (mm) to ``target`` (mm)."""
+    return tuple(max(1, round(n * s / t)) for n, s, t in zip(shape, spacing, target, strict=True))  # type: ignore[return-value]
+
+
+def resampled_affine(affine: np.ndarray, old_shape: tuple[int, ...], new_shape: tuple[int, ...]) -> np.ndarray:
+    """Affine of the same field of view sampled with ``new_shape`` voxels (align_corners=False)."""
+    scale = np.asarray(old_shape, dtype=np.float64) / np.asarray(new_shape, dtype=np.float64)
+    step = np.eye(4)
+    step[:3, :3] = np.diag(scale)
+    step[:3, 3] = (scale - 1.0) / 2.0
+    return affine @ step
+
+
+def resample(array: np.ndarray | torch.Tensor, new_shape: tuple[int, ...], order: int = 1) -> torch.Tensor:
+    """Resample a (C, X, Y, Z) array to ``new_shape`` (order 1: trilinear, 0: nearest).
+
+    Returns a float32 tensor; when the shape is unchanged the data is returned as is.
+    """
+    t = torch.as_tensor(array)
+    if t.dtype != torch.float32:
+        t = t.float()
+    if tuple(t.shape[-3:]) == tuple(new_shape):
+        return t
+    mode = "trilinear" if order == 1 else "nearest-exact"
+    kwargs: dict[str, Any] = {"align_corners": False} if order == 1 else {}
+    return F.interpolate(t[None], size=tuple(int(s) for s in new_shape), mode=mode, **kwargs)[0]
+
+
+# ------------------------------------------------------------------ intensity
+
+
+def normalize(image: np.ndarray, plan: PreprocessingPlan) -> np.ndarray:
+    """Normalise a (C, X, Y, Z) float32 image in place per the plan.
+
+    zscore: per channel over the non-zero region when the image has a zero background
+    (under 90% non-zero voxels, as in skull-stripped MRI; background stays 0), else over
+    all voxels. ct: clip to ``ct_clip`` then subtract/divide the dataset's foreground
+    mean/std.
+    """
+    if plan.normalization == "none":
+        return image
+    if plan.normalization == "ct":
+        lo, hi = plan.ct_clip if plan.ct_clip is not None else (-1024.0, 3071.0)
+        np.clip(image, lo, hi, out=image)
+        image -= plan.ct_mean
+        image /= max(plan.ct_std, 1e-8)
+        return image
+    for c in range(image.shape[0]):
+        chan = image[c]
+        mask = chan != 0
+        use_mask = 0 < mask.mean() < 0.9
+        values = chan[mask] if use_mask else chan
+        mean, std = float(values.mean()), float(values.std())
+        if use_mask:
+            chan[mask] = (chan[mask] - mean) / max(std, 1e-8)
+        else:
+            chan -= mean
+            chan /= max(std, 1e-8)
+    return image
+
+
+# ------------------------------------------------------------------ cropping
+
+
+def foreground_bbox(image: np.ndarray, margin: int = 0) -> tuple[slice, slice, slice]:
+    """Bounding box of voxels that are non-zero in any channel of a (C, X, Y, Z) image.
+
+    The whole volume when everything is zero (or nothing is zero).
+    """
+    mask = np.any(image != 0, axis=0)
+    if not mask.any():
+        return tuple(slice(0, n) for n in mask.shape)  # type: ignore[return-value]
+    box = []
+    for axis in range(3):
+        other = tuple(a for a in range(3) if a != axis)
+        hits = np.flatnonzero(mask.any(axis=other))
+        box.append(slice(max(0, int(hits[0]) - margin), min(mask.shape[axis], int(hits[-1]) + 1 + margin)))
+    return tuple(box)  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------ whole case
+
+
+@dataclass
+class PreparedCase:
+    """A case on the network's grid, plus what is needed to map results back."""
+
+    image: np.ndarray
+    """(C, X', Y', Z') float32, canonical orientation, target spacing, normalised."""
+    label: np.ndarray | None
+    """(X', Y', Z') uint8 on the same grid, when a label was given."""
+    ornt: np.ndarray
+    """Orientation transform applied (input -> RAS)."""
+    canonical_shape: tuple[int, int, int]
+    """Spatial shape after reorientation, before cropping and resampling."""
+    bbox: tuple[slice, slice, slice]
+    """Crop applied on the canonical grid."""
+    affine: np.ndarray
+    """Affine of the prepared grid (RAS mm)."""
+
+
+def prepare_case(
+    image: np.ndarray,
+    affine: np.ndarray,
+    plan: PreprocessingPlan,
+    label: np.ndarray | None = None,
+) -> PreparedCase:
+    """Reorient to RAS, crop to the non-zero region, resample to the plan's spacing, normalise.
+
+    ``image``: (C, X, Y, Z) or (X, Y, Z); ``label``: (X, Y, Z) integer or None.
+    """
+    if image.ndim == 3:
+        image = image[None]
+    ornt = canonical_transform(affine)
+    img, can_affine = reorient(image.astype(np.float32, copy=False), affine, ornt)
+    lab = reorient(label, affine, ornt)[0] if label is not None else None
+    canonical_shape = img.shape[1:]
+    bbox = foreground_bbox(img) if plan.crop_foreground else tuple(slice(0, n) for n in canonical_shape)
+    img = img[(slice(None), *bbox)]
+    if lab is not None:
+        lab = lab[bbox]
+    offset = np.eye(4)
+    offset[:3, 3] = [b.start for b in bbox]
+    crop_affine = can_affine @ offset
+    spacing = tuple(float(v) for v in np.linalg.norm(crop_affine[:3, :3], axis=0))
+    new_shape = target_shape(img.shape[1:], spacing, plan.target_spacing)
+    img_t = resample(img, new_shape, order=1).numpy()
+    out_affine = resampled_affine(crop_affine, img.shape[1:], new_shape)
+    if lab is not None:
+        lab = resample(lab[None].astype(np.float32), new_shape, order=0)[0].numpy().astype(np.uint8)
+    img_t = normalize(np.ascontiguousarray(img_t, dtype=np.float32), plan)
+    return PreparedCase(img_t, lab, ornt, canonical_shape, bbox, out_affine)  # type: ignore[arg-type]
