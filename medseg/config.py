@@ -292,11 +292,8 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
         raise ConfigError(f"data.folds: {d.folds} is impossible, expected 0 (single split) or >= 2")
     if d.folds and not 0 <= d.fold < d.folds:
         raise ConfigError(f"data.fold: {d.fold} is not in [0, {d.folds - 1}] for data.folds={d.folds}")
-    if d.target_spacing is not None:
-        if len(d.target_spacing) != 3 or min(d.target_spacing) <= 0:
-            raise ConfigError(
-                f"data.target_spacing: {d.target_spacing} must be 3 positive spacings in mm (X, Y, Z)"
-            )
+    if d.target_spacing is not None and (len(d.target_spacing) != 3 or min(d.target_spacing) <= 0):
+        raise ConfigError(f"data.target_spacing: {d.target_spacing} must be 3 positive spacings in mm (X, Y, Z)")
     if d.ct_clip is not None and (len(d.ct_clip) != 2 or d.ct_clip[0] >= d.ct_clip[1]):
         raise ConfigError(f"data.ct_clip: {d.ct_clip} must be [low, high] with low < high")
     if d.slice_axis not in (0, 1, 2):

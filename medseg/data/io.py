@@ -149,8 +149,8 @@ def dicom_series_files(folder: Path | str) -> list[str]:
     ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
     if not ids:
         raise ImageReadError(f"{folder}: no DICOM series found in this folder")
-    series = [sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in ids]
-    return list(max(series, key=len))
+    series: list[list[str]] = [list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in ids]
+    return max(series, key=len)
 
 
 def _read_dicom(folder: Path, dtype: Any) -> Volume:
@@ -278,17 +278,17 @@ def write_label(path: Path | str, labels: np.ndarray, reference: Volume, verify:
     labels = labels.astype(label_dtype(max_label), copy=False)
     write_volume(path, labels, reference.affine, reference.header)
     if verify:
-        written = nib.load(str(path)) if str(path).lower().endswith(NIFTI_SUFFIXES) else None
-        if written is not None:
-            if written.shape[:3] != reference.spatial_shape or not np.allclose(
-                written.affine, reference.affine, atol=1e-5, rtol=0
-            ):
-                Path(path).unlink(missing_ok=True)
-                raise RuntimeError(
-                    f"{path}: written header (shape {written.shape}, affine {written.affine.tolist()}) "
-                    f"does not match the input's (shape {reference.spatial_shape}, "
-                    f"affine {reference.affine.tolist()}); the output was removed"
-                )
+        written: Any = nib.load(str(path)) if str(path).lower().endswith(NIFTI_SUFFIXES) else None
+        if written is not None and (
+            written.shape[:3] != reference.spatial_shape
+            or not np.allclose(written.affine, reference.affine, atol=1e-5, rtol=0)
+        ):
+            Path(path).unlink(missing_ok=True)
+            raise RuntimeError(
+                f"{path}: written header (shape {written.shape}, affine {written.affine.tolist()}) "
+                f"does not match the input's (shape {reference.spatial_shape}, "
+                f"affine {reference.affine.tolist()}); the output was removed"
+            )
 
 
 def same_geometry(a: Volume, b: Volume, atol: float = 1e-4) -> bool:

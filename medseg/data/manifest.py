@@ -102,9 +102,18 @@ def _parse_labels(raw: Any, path: Path) -> dict[str, int]:
             raise ManifestError(f"{path}: cannot read label entry {key!r}: {value!r}")
     if any(v < 0 for v in labels.values()):
         raise ManifestError(f"{path}: label ids must be >= 0, got {sorted(labels.values())}")
+    if len(set(labels.values())) != len(labels):
+        raise ManifestError(f"{path}: label ids must be unique (one id per structure), got {labels}")
     if 0 not in labels.values():
         labels = {"background": 0, **labels}
     return dict(sorted(labels.items(), key=lambda kv: kv[1]))
+
+
+def _channel_list(raw: Any, path: Path, key: str) -> list[str]:
+    """Channel names ordered by their integer index keys (``{"0": "T1", "1": "T2"}``)."""
+    if not isinstance(raw, dict) or not all(str(k).isdigit() for k in raw):
+        raise ManifestError(f"{path}: {key!r} must map channel indices to names like {{\"0\": \"T1\"}}; got {raw!r}")
+    return [str(raw[k]) for k in sorted(raw, key=int)]
 
 
 def _case_entry(entry: Any, root: Path, path: Path, where: str) -> Case:
@@ -148,18 +157,14 @@ def _read_json(path: Path) -> Manifest:
     labels = _parse_labels(raw.get("labels"), path)
     name = str(raw.get("name", path.parent.name))
     if "channel_names" in raw:  # nnU-Net v2
-        chans = raw["channel_names"]
-        channel_names = [str(chans[k]) for k in sorted(chans, key=int)]
+        channel_names = _channel_list(raw["channel_names"], path, "channel_names")
         ending = str(raw.get("file_ending", ".nii.gz"))
         training = _nnunet_cases(root, "imagesTr", "labelsTr", ending, len(channel_names))
         test = _nnunet_cases(root, "imagesTs", "labelsTs", ending, len(channel_names))
         if not training and raw.get("training"):
             training = [_case_entry(e, root, path, "training") for e in raw["training"]]
         return Manifest(path, name, channel_names, labels, training, test, "nnunet")
-    modality = raw.get("modality", {"0": "image"})
-    if not isinstance(modality, dict):
-        raise ManifestError(f"{path}: 'modality' must be a mapping like {{\"0\": \"MRI\"}}")
-    channel_names = [str(modality[k]) for k in sorted(modality, key=int)]
+    channel_names = _channel_list(raw.get("modality", {"0": "image"}), path, "modality")
     if "training" not in raw or not isinstance(raw["training"], list):
         raise ManifestError(f"{path}: Decathlon manifest needs a 'training' list of {{image, label}}")
     training = [_case_entry(e, root, path, "training") for e in raw["training"]]
@@ -177,7 +182,8 @@ def _read_csv(path: Path) -> Manifest:
             raise ManifestError(f"{path}: CSV needs an 'image' column; found columns {columns}")
         image_cols.sort(key=lambda c: (c != "image", c))
         meta_cols = [c for c in columns if c not in (*image_cols, "label", "case", "split")]
-        training, test = [], []
+        training: list[Case] = []
+        test: list[Case] = []
         for row_no, row in enumerate(reader, start=2):
             row = {k.strip(): (v or "").strip() for k, v in row.items() if k}
             if not row.get("image"):
@@ -190,7 +196,12 @@ def _read_csv(path: Path) -> Manifest:
     sidecar = path.with_suffix(".labels.json")
     channel_names = [c if c != "image" else "image" for c in image_cols]
     if sidecar.exists():
-        side = json.loads(sidecar.read_text())
+        try:
+            side = json.loads(sidecar.read_text())
+        except json.JSONDecodeError as err:
+            raise ManifestError(f"{sidecar}: not valid JSON ({err})") from err
+        if not isinstance(side, dict):
+            raise ManifestError(f"{sidecar}: expected a JSON object like {{\"labels\": {{\"1\": \"liver\"}}}}")
         labels = _parse_labels(side.get("labels", side), sidecar)
         if "channel_names" in side:
             channel_names = [str(v) for v in side["channel_names"]]

@@ -137,7 +137,8 @@ NETWORKS: dict[str, Factory] = {
     "dynunet": _dynunet,
     "segresnet": _segresnet,
 }
-assert tuple(NETWORKS) == NETWORK_NAMES, "medseg.registry_names.NETWORK_NAMES is out of date"
+if tuple(NETWORKS) != NETWORK_NAMES:  # pragma: no cover - guards the names used by config validation
+    raise RuntimeError("medseg.registry_names.NETWORK_NAMES is out of date")
 
 
 def build_network(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:

@@ -1,0 +1,1 @@
+"""The ``medseg`` subcommands: one thin module per command (``add_parser`` + ``run``)."""

@@ -1,0 +1,82 @@
+"""Sliding-window prediction of class probabilities on the network's grid, 3D or 2D.
+
+Used by validation during training and by the :mod:`medseg.inference.predictor`. Windows
+are blended with Gaussian weights (MONAI ``sliding_window_inference``); mirroring TTA
+averages softmax probabilities over flips of every spatial axis. A 2D network predicts a
+3D volume slice by slice along ``slice_axis`` (with ``slab_slices`` neighbouring slices
+as channels for 2.5D) and the slices are stacked back in place.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+
+from medseg.config import PipelineConfig
+
+
+def _logits_only(net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    def run(x: torch.Tensor) -> torch.Tensor:
+        out = net(x)
+        if isinstance(out, list | tuple):  # deep supervision heads: the first is full resolution
+            out = out[0]
+        elif out.ndim == x.ndim + 1:  # DynUNet stacks heads on dim 1 in training mode
+            out = out[:, 0]
+        return out
+
+    return run
+
+
+def _window_probs(
+    net: torch.nn.Module, x: torch.Tensor, roi: tuple[int, ...], cfg: PipelineConfig, tta: bool
+) -> torch.Tensor:
+    """Softmax probabilities (B, K, *spatial) for a batch (B, C, *spatial)."""
+    run = _logits_only(net)
+    inf = cfg.inference
+    dims = list(range(2, x.ndim))
+    flips: list[tuple[int, ...]] = [()]
+    if tta:
+        flips = [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
+    total: torch.Tensor | None = None
+    for flip in flips:
+        xi = torch.flip(x, flip) if flip else x
+        logits = sliding_window_inference(
+            xi, roi, inf.sw_batch_size, run, overlap=inf.overlap, mode=inf.blend, padding_mode="constant"
+        )
+        probs = F.softmax(torch.as_tensor(logits).float(), dim=1)
+        if flip:
+            probs = torch.flip(probs, flip)
+        total = probs if total is None else total.add_(probs)
+    assert total is not None  # flips is never empty
+    return total / len(flips)
+
+
+@torch.no_grad()
+def predict_probabilities(
+    net: torch.nn.Module, image: torch.Tensor, cfg: PipelineConfig, tta: bool = False, slice_batch: int = 16
+) -> torch.Tensor:
+    """Class probabilities (K, X, Y, Z) for a preprocessed image (C, X, Y, Z).
+
+    The image is moved to the network's device; probabilities are returned on the CPU.
+    """
+    device = next(net.parameters()).device
+    roi = tuple(cfg.data.patch_size)
+    if cfg.model.spatial_dims == 3:
+        x = image[None].to(device)
+        return _window_probs(net, x, roi, cfg, tta)[0].cpu()
+    axis, slab = cfg.data.slice_axis, cfg.data.slab_slices
+    vol = torch.movedim(image, 1 + axis, 1)  # (C, S, H, W)
+    half = slab // 2
+    padded = F.pad(vol, (0, 0, 0, 0, half, half)) if half else vol
+    outs = []
+    for start in range(0, vol.shape[1], slice_batch):
+        stop = min(start + slice_batch, vol.shape[1])
+        # (B, C*slab, H, W): slab neighbours of each slice become channels
+        xs = torch.stack([padded[:, s : s + slab].reshape(-1, *vol.shape[2:]) for s in range(start, stop)])
+        outs.append(_window_probs(net, xs.to(device), roi, cfg, tta).cpu())
+    probs = torch.cat(outs, dim=0)  # (S, K, H, W)
+    return torch.movedim(probs.permute(1, 0, 2, 3), 1, 1 + axis)

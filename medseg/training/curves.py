@@ -1,0 +1,57 @@
+"""Learning-curve plot from Lightning's CSV log (training loss and validation Dice per epoch)."""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from pathlib import Path
+
+from medseg.utils import atomic_path
+
+
+def read_epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
+    """metric name -> {epoch: last logged value} from a Lightning ``metrics.csv``."""
+    out: dict[str, dict[int, float]] = defaultdict(dict)
+    if not metrics_csv.exists():
+        return out
+    with metrics_csv.open(newline="") as fh:
+        for row in csv.DictReader(fh):
+            epoch = row.get("epoch")
+            if not epoch:
+                continue
+            for key, value in row.items():
+                if key not in ("epoch", "step") and value not in ("", None):
+                    out[key][int(float(epoch))] = float(value)
+    return out
+
+
+def plot_learning_curve(metrics_csv: Path, output: Path) -> bool:
+    """Write a PNG with train loss (left axis) and validation Dice (right axis); False if no data."""
+    metrics = read_epoch_metrics(metrics_csv)
+    loss = metrics.get("train/loss_epoch", {})
+    if not loss:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(list(loss), list(loss.values()), color="tab:blue", label="train loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("training loss")
+    ax2 = ax.twinx()
+    for key, series in sorted(metrics.items()):
+        if key.startswith("val/dice_") or key == "val/mean_dice":
+            style = "-" if key == "val/mean_dice" else "--"
+            ax2.plot(list(series), list(series.values()), style, marker="o", ms=3, label=key.removeprefix("val/"))
+    ax2.set_ylabel("validation Dice")
+    ax2.set_ylim(0, 1)
+    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
+    ax.legend(handles, labels, loc="center right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(output) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True

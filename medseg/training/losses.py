@@ -1,0 +1,64 @@
+"""Loss registry: Dice, Dice + cross-entropy, Dice + focal (MONAI), with deep supervision.
+
+Labels arrive as (B, 1, *spatial) integer maps and are one-hot encoded by MONAI
+(``to_onehot_y``); ``include_background`` controls whether the Dice term covers class 0;
+``class_weights`` (one per class, background included) weight the CE / focal term.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
+
+from medseg.config import ConfigError, LossConfig, suggest
+from medseg.registry_names import LOSS_NAMES
+
+
+def _weights(cfg: LossConfig, num_classes: int) -> torch.Tensor | None:
+    if cfg.class_weights is None:
+        return None
+    if len(cfg.class_weights) != num_classes:
+        raise ConfigError(
+            f"loss.class_weights: {cfg.class_weights} has {len(cfg.class_weights)} values; "
+            f"expected {num_classes} (one per class, background included)"
+        )
+    return torch.tensor(cfg.class_weights, dtype=torch.float32)
+
+
+def _dice(cfg: LossConfig, k: int) -> torch.nn.Module:
+    return DiceLoss(to_onehot_y=True, softmax=True, include_background=cfg.include_background, smooth_nr=1e-5, smooth_dr=1e-5, batch=True)
+
+
+def _dice_ce(cfg: LossConfig, k: int) -> torch.nn.Module:
+    return DiceCELoss(
+        to_onehot_y=True, softmax=True, include_background=cfg.include_background, weight=_weights(cfg, k), batch=True,
+        smooth_nr=1e-5, smooth_dr=1e-5,
+    )
+
+
+def _dice_focal(cfg: LossConfig, k: int) -> torch.nn.Module:
+    return DiceFocalLoss(
+        to_onehot_y=True, softmax=True, include_background=cfg.include_background, weight=_weights(cfg, k), batch=True,
+        smooth_nr=1e-5, smooth_dr=1e-5,
+    )
+
+
+LOSSES: dict[str, Callable[[LossConfig, int], torch.nn.Module]] = {"dice": _dice, "dice_ce": _dice_ce, "dice_focal": _dice_focal}
+if tuple(LOSSES) != LOSS_NAMES:  # pragma: no cover - guards the name list used by config validation
+    raise RuntimeError("medseg.registry_names.LOSS_NAMES is out of date")
+
+
+def build_loss(cfg: LossConfig, num_classes: int) -> torch.nn.Module:
+    if cfg.name not in LOSSES:
+        raise ConfigError(f"loss.name: unknown loss {cfg.name!r}." + suggest(cfg.name, LOSSES))
+    return LOSSES[cfg.name](cfg, num_classes)
+
+
+def deep_supervision_loss(loss: torch.nn.Module, outputs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Weighted sum over heads stacked on dim 1 (MONAI DynUNet), weights 1, 1/2, 1/4… normalised."""
+    heads = outputs.shape[1]
+    weights = torch.tensor([0.5**i for i in range(heads)])
+    weights = weights / weights.sum()
+    return sum(w * loss(outputs[:, i], label) for i, w in enumerate(weights))  # type: ignore[return-value]

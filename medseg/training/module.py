@@ -1,0 +1,168 @@
+"""LightningModule: network + loss + optimiser/schedule + sliding-window validation.
+
+The checkpoint's ``hyper_parameters`` hold the resolved pipeline config and the
+preprocessing plan, so a checkpoint alone is enough to predict
+(:func:`load_network`). Validation runs whole-volume sliding-window inference on the
+validation cases (on the preprocessed grid) and logs per-structure Dice
+(``val/dice_<structure>``) and their mean (``val/mean_dice``, the checkpoint monitor).
+Under DDP each rank validates a disjoint share of the cases and the per-structure sums
+and counts are summed across ranks before dividing, so the logged values equal a
+single-process validation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+
+from medseg.config import PipelineConfig, from_dict
+from medseg.data.preprocess import PreprocessingPlan
+from medseg.inference.window import predict_probabilities
+from medseg.models.registry import build_network
+from medseg.training.losses import build_loss, deep_supervision_loss
+
+
+def in_channels(cfg: PipelineConfig, plan: PreprocessingPlan) -> int:
+    slab = cfg.data.slab_slices if cfg.model.spatial_dims == 2 else 1
+    return len(plan.channel_names) * slab
+
+
+def case_dice(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per foreground class Dice of one case and a validity mask (reference non-empty)."""
+    dice = torch.zeros(num_classes - 1, dtype=torch.float64)
+    valid = torch.zeros(num_classes - 1, dtype=torch.float64)
+    for c in range(1, num_classes):
+        p, r = pred == c, label == c
+        ref = int(r.sum())
+        if ref == 0:
+            continue
+        inter = int((p & r).sum())
+        dice[c - 1] = 2.0 * inter / (ref + int(p.sum()))
+        valid[c - 1] = 1.0
+    return dice, valid
+
+
+class SegmentationModule(pl.LightningModule):
+    def __init__(self, config: dict[str, Any], plan: dict[str, Any]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg: PipelineConfig = from_dict(config)
+        self.plan = PreprocessingPlan(**plan)
+        self.num_classes = self.plan.num_classes
+        self.net = build_network(self.cfg.model, in_channels(self.cfg, self.plan), self.num_classes)
+        self.loss = build_loss(self.cfg.loss, self.num_classes)
+        self.structure_names = [n for n, v in sorted(self.plan.labels.items(), key=lambda kv: kv[1]) if v != 0]
+        self._val_sum = torch.zeros(self.num_classes - 1, dtype=torch.float64)
+        self._val_count = torch.zeros(self.num_classes - 1, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        out = self.net(batch["image"])
+        if self.cfg.model.deep_supervision and out.ndim == batch["image"].ndim + 1:
+            loss = deep_supervision_loss(self.loss, out, batch["label"])
+        else:
+            loss = self.loss(out, batch["label"])
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_sum.zero_()
+        self._val_count.zero_()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        probs = predict_probabilities(self.net, batch["image"], self.cfg)
+        pred = probs.argmax(0)
+        dice, valid = case_dice(pred, batch["label"], self.num_classes)
+        self._val_sum += dice * valid
+        self._val_count += valid
+
+    def on_validation_epoch_end(self) -> None:
+        sums = self._val_sum.to(self.device, torch.float32)
+        counts = self._val_count.to(self.device, torch.float32)
+        if self.trainer.world_size > 1:
+            sums = self.trainer.strategy.reduce(sums, reduce_op="sum")
+            counts = self.trainer.strategy.reduce(counts, reduce_op="sum")
+        per_class = sums / counts.clamp(min=1)
+        present = counts > 0
+        mean = per_class[present].mean() if bool(present.any()) else torch.tensor(0.0, device=self.device)
+        for name, value in zip(self.structure_names, per_class, strict=True):
+            self.log(f"val/dice_{name}", value, rank_zero_only=True, sync_dist=False)
+        self.log("val/mean_dice", mean, prog_bar=True, sync_dist=False)
+        self.log("val/cases", counts.max(), sync_dist=False)
+
+    def configure_optimizers(self) -> Any:
+        o, t = self.cfg.optim, self.cfg.trainer
+        if o.name == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(
+                self.parameters(), lr=o.lr, momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay
+            )
+        else:
+            opt = torch.optim.AdamW(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
+        total = max(1, t.max_epochs * t.steps_per_epoch)
+        warmup = o.warmup_epochs * t.steps_per_epoch
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            if o.scheduler == "poly":
+                return (1.0 - progress) ** 0.9
+            if o.scheduler == "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * progress))
+            return 1.0
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def init_weights_from(module: SegmentationModule, path: str | Path) -> dict[str, list[str]]:
+    """Fine-tune start: copy tensors from a checkpoint, matched by name.
+
+    Same shape: loaded. Same name and rank but another shape (e.g. a new number of
+    classes): the overlapping block is copied ("reshaped"). Otherwise: skipped.
+    """
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    source = ckpt.get("state_dict", ckpt)
+    target = module.state_dict()
+    report: dict[str, list[str]] = {"loaded": [], "reshaped": [], "skipped": [], "missing": []}
+    with torch.no_grad():
+        for name, tensor in target.items():
+            src = source.get(name)
+            if src is None:
+                report["missing"].append(name)
+            elif src.shape == tensor.shape:
+                tensor.copy_(src)
+                report["loaded"].append(name)
+            elif src.ndim == tensor.ndim:
+                block = tuple(slice(0, min(a, b)) for a, b in zip(src.shape, tensor.shape, strict=True))
+                tensor[block] = src[block]
+                report["reshaped"].append(name)
+            else:
+                report["skipped"].append(name)
+    report["skipped"].extend(k for k in source if k not in target)
+    return report
+
+
+def load_network(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, PipelineConfig, PreprocessingPlan]:
+    """Rebuild the network from a medseg checkpoint: (net in eval mode, config, plan)."""
+    ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
+    hp = ckpt.get("hyper_parameters")
+    if not hp or "config" not in hp or "plan" not in hp:
+        raise ValueError(f"{ckpt_path}: not a medseg checkpoint (no config/plan in hyper_parameters)")
+    cfg = from_dict(hp["config"])
+    plan = PreprocessingPlan(**hp["plan"])
+    net = build_network(cfg.model, in_channels(cfg, plan), plan.num_classes)
+    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    net.load_state_dict(state)
+    return net.to(device).eval(), cfg, plan
+
+
+def module_hparams(cfg: PipelineConfig, plan: PreprocessingPlan) -> dict[str, Any]:
+    return {"config": cfg.to_dict(), "plan": asdict(plan)}

@@ -1,0 +1,44 @@
+import pytest
+import torch
+
+from medseg.config import ConfigError
+from medseg.data.augmentation import PRESETS, build_augmentation, preset_probabilities
+from medseg.registry_names import AUGMENTATION_PRESETS
+
+
+def test_names_agree():
+    assert tuple(PRESETS) == AUGMENTATION_PRESETS
+
+
+def test_limited_data_has_every_required_transform():
+    names = set(preset_probabilities("limited_data"))
+    assert {"flip", "affine", "elastic", "gamma", "contrast", "noise", "blur", "bias_field", "low_resolution"} <= names
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("preset", AUGMENTATION_PRESETS)
+def test_presets_keep_patch_shape_and_label_values(preset, dims):
+    patch = (16,) * dims
+    crop = (20,) * dims
+    aug = build_augmentation(preset, dims, patch, {k: 1.0 for k in preset_probabilities(preset)})
+    aug.set_random_state(0)
+    img = torch.randn(1, *(crop if preset != "none" else patch))
+    lab = (torch.rand(1, *img.shape[1:]) > 0.5).float() * 2
+    out = aug({"image": img, "label": lab})
+    expected = patch if preset != "none" else img.shape[1:]
+    assert tuple(out["image"].shape[1:]) == tuple(expected)
+    assert set(torch.unique(torch.as_tensor(out["label"])).tolist()) <= {0.0, 2.0}
+
+
+def test_probability_override_and_typo():
+    aug = build_augmentation("limited_data", 3, (16, 16, 16), {"elastic": 0.0})
+    assert not any("Elastic" in type(t).__name__ for t in aug.transforms)
+    with pytest.raises(ConfigError, match=r"no transform 'gama'.*Did you mean 'gamma'"):
+        build_augmentation("limited_data", 3, (16, 16, 16), {"gama": 0.5})
+
+
+def test_zero_probability_preset_is_identity():
+    aug = build_augmentation("light", 3, (8, 8, 8), {k: 0.0 for k in preset_probabilities("light")})
+    img = torch.randn(1, 8, 8, 8)
+    out = aug({"image": img.clone(), "label": torch.zeros(1, 8, 8, 8)})
+    torch.testing.assert_close(torch.as_tensor(out["image"]), img)

@@ -1,0 +1,53 @@
+import pytest
+import torch
+
+from medseg.config import ConfigError, ModelConfig
+from medseg.models.registry import NETWORKS, build_network
+from medseg.registry_names import NETWORK_NAMES
+
+
+def test_names_agree_with_lightweight_list():
+    assert tuple(NETWORKS) == NETWORK_NAMES
+
+
+@pytest.mark.parametrize("name", NETWORK_NAMES)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_every_network_maps_patch_to_class_logits(name, dims):
+    cfg = ModelConfig(name=name, spatial_dims=dims, channels=[4, 8, 16])
+    net = build_network(cfg, in_channels=2, out_channels=3).eval()
+    x = torch.randn(1, 2, *([16] * dims))
+    with torch.no_grad():
+        y = net(x)
+    assert y.shape == (1, 3, *([16] * dims))
+
+
+def test_upsample_modes():
+    x = torch.randn(1, 1, 16, 16, 16)
+    for mode in ("deconv", "nontrainable", "pixelshuffle"):
+        net = build_network(ModelConfig(name="segresnet", channels=[4, 8, 16], upsample=mode), 1, 2).eval()
+        with torch.no_grad():
+            assert net(x).shape == (1, 2, 16, 16, 16)
+    with pytest.raises(ConfigError, match=r"upsample: 'pixelshuffle' is not supported by 'unet'"):
+        build_network(ModelConfig(name="unet", upsample="pixelshuffle"), 1, 2)
+
+
+def test_residual_unet_has_residual_units_and_attention_differs():
+    res = build_network(ModelConfig(name="residual_unet", channels=[4, 8]), 1, 2)
+    plain = build_network(ModelConfig(name="unet", channels=[4, 8]), 1, 2)
+    assert any("residual" in n for n, _ in res.named_modules())
+    assert not any("residual" in n for n, _ in plain.named_modules())
+
+
+def test_deep_supervision_only_where_supported():
+    net = build_network(ModelConfig(name="dynunet", channels=[4, 8, 16, 32], deep_supervision=True), 1, 3).train()
+    out = net(torch.randn(2, 1, 16, 16, 16))
+    assert out.ndim == 6 and out.shape[1] >= 2  # heads stacked on dim 1
+    with pytest.raises(ConfigError, match="no deep supervision"):
+        build_network(ModelConfig(name="unet", deep_supervision=True), 1, 2)
+
+
+def test_norm_and_dropout_are_applied():
+    net = build_network(ModelConfig(name="unet", channels=[4, 8], norm="batch", dropout=0.3), 1, 2)
+    mods = list(net.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm3d) for m in mods)
+    assert any(isinstance(m, torch.nn.Dropout) and m.p == pytest.approx(0.3) for m in mods)

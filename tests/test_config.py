@@ -1,0 +1,93 @@
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from medseg.config import ConfigError, PipelineConfig, from_dict, load
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_defaults_are_valid():
+    cfg = from_dict({})
+    assert isinstance(cfg, PipelineConfig)
+    assert cfg.model.name == "unet" and cfg.data.patch_size == [64, 64, 64]
+
+
+def test_unknown_key_names_key_and_suggestion():
+    with pytest.raises(ConfigError, match=r"trainer\.max_epoch: unknown key.*Did you mean 'max_epochs'"):
+        from_dict({"trainer": {"max_epoch": 3}})
+
+
+def test_unknown_section_suggests():
+    with pytest.raises(ConfigError, match=r"trainr: unknown key.*Did you mean 'trainer'"):
+        from_dict({"trainr": {}})
+
+
+def test_wrong_type_names_value_and_expected():
+    with pytest.raises(ConfigError, match=r"trainer\.max_epochs: got 'ten', expected an integer"):
+        from_dict({"trainer": {"max_epochs": "ten"}})
+    with pytest.raises(ConfigError, match=r"data\.patch_size\[1\]: got 1\.5"):
+        from_dict({"data": {"patch_size": [64, 1.5, 64]}})
+
+
+def test_impossible_values():
+    with pytest.raises(ConfigError, match=r"trainer\.max_epochs: -1 is impossible"):
+        from_dict({"trainer": {"max_epochs": -1}})
+    with pytest.raises(ConfigError, match=r"data\.patch_size.*multiple of 8"):
+        from_dict({"data": {"patch_size": [60, 64, 64]}})
+    with pytest.raises(ConfigError, match=r"larger than allowed"):
+        from_dict({"data": {"patch_size": [1024, 64, 64]}})
+    with pytest.raises(ConfigError, match=r"spatial_dims is 2"):
+        from_dict({"model": {"spatial_dims": 2}})
+
+
+def test_unknown_network_and_preset_suggest():
+    with pytest.raises(ConfigError, match=r"model\.name: unknown network 'unte'.*Did you mean 'unet'"):
+        from_dict({"model": {"name": "unte"}})
+    with pytest.raises(ConfigError, match=r"Did you mean 'limited_data'"):
+        from_dict({"data": {"augmentation": "limited-data"}})
+    with pytest.raises(ConfigError, match=r"not one of \['deconv'.*Did you mean 'pixelshuffle'"):
+        from_dict({"model": {"upsample": "pixel_shuffle"}})
+
+
+def test_overrides_parse_yaml_values():
+    cfg = from_dict({}, ["trainer.max_epochs=3", "data.patch_size=[32,32,32]", "trainer.precision=bf16-mixed"])
+    assert cfg.trainer.max_epochs == 3 and cfg.data.patch_size == [32, 32, 32]
+    assert cfg.trainer.precision == "bf16-mixed"
+    with pytest.raises(ConfigError, match="expected key=value"):
+        from_dict({}, ["trainer.max_epochs"])
+
+
+def test_literal_accepts_yaml_int_for_string_choice():
+    assert from_dict({"trainer": {"precision": 32}}).trainer.precision == "32"
+
+
+def test_load_names_file_and_uses_stem(tmp_path):
+    p = tmp_path / "exp1.yaml"
+    p.write_text(yaml.safe_dump({"trainer": {"max_epochs": 2}}))
+    assert load(p).name == "exp1"
+    p.write_text("model:\n  chanels: [8, 16]\n")
+    with pytest.raises(ConfigError, match=r"exp1\.yaml: model\.chanels: unknown key.*'channels'"):
+        load(p)
+
+
+def test_every_shipped_pipeline_is_valid():
+    files = sorted((REPO / "pipelines").glob("*.yaml"))
+    assert files, "no pipelines shipped"
+    for f in files:
+        load(f)
+
+
+def test_cli_typo_fails_fast_with_key(tmp_path):
+    p = tmp_path / "typo.yaml"
+    p.write_text("trainer:\n  max_epohcs: 3\n")
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "medseg", "train", str(p)], capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    assert out.returncode == 2
+    assert "trainer.max_epohcs" in out.stderr and "max_epochs" in out.stderr
+    assert elapsed < 5.0  # generous for a loaded CI machine; typically ~0.3 s

@@ -1,0 +1,68 @@
+from dataclasses import asdict
+
+import torch
+
+from medseg.config import from_dict
+from medseg.data.preprocess import PreprocessingPlan
+from medseg.training.module import SegmentationModule, case_dice, init_weights_from, load_network, module_hparams
+
+
+def tiny(classes: int = 3, **model):
+    cfg = from_dict({"model": {"channels": [4, 8], **model}, "data": {"patch_size": [16, 16, 16]}})
+    labels = {"background": 0, **{f"s{i}": i for i in range(1, classes)}}
+    return cfg, PreprocessingPlan([1.0, 1.0, 1.0], "zscore", labels=labels)
+
+
+def test_case_dice_hand_computed():
+    ref = torch.zeros(4, 4, 4, dtype=torch.long)
+    pred = torch.zeros_like(ref)
+    ref[0, 0, :2] = 1  # 2 voxels
+    pred[0, 0, 1:4] = 1  # 3 voxels, 1 overlap -> 2*1/5
+    pred[3, 3, 3] = 2  # class 2 absent from reference -> not counted
+    dice, valid = case_dice(pred, ref, 3)
+    assert dice[0].item() == 0.4 and valid.tolist() == [1.0, 0.0]
+
+
+def test_checkpoint_round_trip_rebuilds_network(tmp_path):
+    cfg, plan = tiny()
+    module = SegmentationModule(**module_hparams(cfg, plan))
+    path = tmp_path / "m.ckpt"
+    torch.save({"hyper_parameters": module_hparams(cfg, plan), "state_dict": module.state_dict()}, path)
+    net, cfg2, plan2 = load_network(path)
+    x = torch.randn(1, 1, 16, 16, 16)
+    module.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), module.net(x))
+    assert asdict(plan2) == asdict(plan) and cfg2.model.channels == [4, 8]
+
+
+def test_init_from_reports_loaded_reshaped_skipped(tmp_path):
+    cfg, plan3 = tiny(3)
+    src = SegmentationModule(**module_hparams(cfg, plan3))
+    path = tmp_path / "src.ckpt"
+    torch.save({"state_dict": src.state_dict()}, path)
+    _, plan5 = tiny(5)
+    dst = SegmentationModule(**module_hparams(cfg, plan5))
+    report = init_weights_from(dst, path)
+    assert report["loaded"] and report["reshaped"]  # the output layer has 5 classes instead of 3
+    name = report["reshaped"][0]
+    s, d = src.state_dict()[name], dst.state_dict()[name]
+    block = tuple(slice(0, min(a, b)) for a, b in zip(s.shape, d.shape))
+    torch.testing.assert_close(d[block], s[block])
+    for name in report["loaded"]:
+        torch.testing.assert_close(dst.state_dict()[name], src.state_dict()[name])
+
+
+def test_schedules_poly_and_cosine_with_warmup():
+    cfg, plan = tiny()
+    cfg.trainer.max_epochs, cfg.trainer.steps_per_epoch = 10, 10
+    for sched, mid in (("poly", 0.5**0.9), ("cosine", 0.5)):
+        cfg.optim.scheduler, cfg.optim.warmup_epochs = sched, 0
+        module = SegmentationModule(**module_hparams(cfg, plan))
+        opt = module.configure_optimizers()["lr_scheduler"]["scheduler"]
+        f = opt.lr_lambdas[0]
+        assert abs(f(50) - mid) < 1e-9 and f(0) == 1.0
+    cfg.optim.warmup_epochs = 2
+    module = SegmentationModule(**module_hparams(cfg, plan))
+    f = module.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    assert f(0) == 1 / 20 and f(19) == 1.0
