@@ -185,4 +185,13 @@ class SegmentationDataModule(pl.LightningDataModule):
         )
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(VolumeDataset(self.val_cases), batch_size=1, shuffle=False, num_workers=0, collate_fn=lambda b: b[0])
+        # Each rank validates a disjoint share of the cases (no padding duplicates, unlike
+        # DistributedSampler); the module sums per-structure results across ranks.
+        cases = self.val_cases
+        if self.trainer is not None and self.trainer.world_size > 1:
+            cases = cases[self.trainer.global_rank :: self.trainer.world_size]
+        return DataLoader(VolumeDataset(cases), batch_size=1, shuffle=False, num_workers=0, collate_fn=_first)
+
+
+def _first(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    return batch[0]

@@ -13,8 +13,9 @@ and images agree exactly with the affine and shapes are the same in mm whatever 
   crosses the organ, >= 1.5 mm from the lesion, and leaves it at both ends (clipped to
   the body).
 
-Image = global scale (x0.5-x3) * Rician(bias field (exp of a quadratic, in [0.74, 1.35], ~0.8-1.25 in practice) *
-texture (~3-6 % waves) * per-structure mean (+-15 % per case)), stored as float32 (X, Y, Z).
+Image = global scale (x0.5-x3) * Rician(bias * texture * mean): bias is the exp of a quadratic
+in world coordinates (bounded to [0.74, 1.35], ~0.8-1.25 in the body), texture ~3-6 % waves,
+per-structure means +-15 % per case, noise sigma 6-10 % of tissue; float32 (X, Y, Z).
 Random sampling (:func:`sample_phantom`, :func:`sample_grid`) is kept apart from the
 deterministic rendering (:func:`render`), as in TorchIO.
 """
@@ -29,6 +30,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 from scipy.spatial import cKDTree
+from scipy.spatial.transform import Rotation
 
 from medseg.data.io import write_volume
 from medseg.utils import atomic_write_text
@@ -81,6 +83,9 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v, axis=-1, keepdims=True)
 
 
+_DIRECTIONS = _unit(np.random.default_rng(0).normal(size=(4000, 3)))  # fixed probe directions
+
+
 def _rotation(rng: np.random.Generator) -> np.ndarray:
     """A uniformly random 3x3 rotation matrix (QR of a Gaussian matrix, signs fixed)."""
     q, r = np.linalg.qr(rng.normal(size=(3, 3)))
@@ -88,27 +93,11 @@ def _rotation(rng: np.random.Generator) -> np.ndarray:
     return q if np.linalg.det(q) > 0 else -q
 
 
-def _axis_angle(axis: np.ndarray, angle: float) -> np.ndarray:
-    """Rotation by ``angle`` radians about ``axis`` (Rodrigues)."""
-    k = _unit(axis)
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(angle) * kx + (1 - math.cos(angle)) * kx @ kx
-
-
 def _harmonics(u: np.ndarray) -> np.ndarray:
     """(N, 3) unit directions -> (N, 16) degree-2 and degree-3 monomials (low-order harmonics)."""
     x, y, z = u[:, 0], u[:, 1], u[:, 2]
     return np.stack([x * x, y * y, z * z, x * y, x * z, y * z, x**3, y**3, z**3,
                      x * x * y, x * x * z, y * y * x, y * y * z, z * z * x, z * z * y, x * y * z], 1)
-
-
-def _sphere(n: int = 2000) -> np.ndarray:
-    """(n, 3) near-uniform unit vectors (Fibonacci sphere)."""
-    i = np.arange(n) + 0.5
-    z = 1 - 2 * i / n
-    phi = i * math.pi * (3 - math.sqrt(5))
-    r = np.sqrt(1 - z * z)
-    return np.stack([r * np.cos(phi), r * np.sin(phi), z], 1)
 
 
 def _organ_radius(coef: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -123,16 +112,16 @@ def sample_phantom(rng: np.random.Generator) -> Phantom:
     organ_rot = _rotation(rng)
     organ_center = center + rng.uniform(-6, 6, 3)
     coef = rng.normal(size=16)
-    coef *= rng.uniform(0.10, 0.20) / np.abs(_harmonics(_sphere()) @ coef).max()
-    min_radius = _organ_radius(coef, _sphere()).min() - 0.01  # margin for unsampled directions
+    coef *= rng.uniform(0.10, 0.20) / np.abs(_harmonics(_DIRECTIONS) @ coef).max()
+    min_radius = _organ_radius(coef, _DIRECTIONS).min() - 0.01  # margin for unsampled directions
     # Lesion: its centre lies deep enough that the whole lesion is >= 3 mm inside the organ.
     lesion_axes = rng.uniform(5.5, 8.0, 3)
     q_max = max(0.0, min_radius - (lesion_axes.max() + 3.0) / organ_axes.min())
     q = _unit(rng.normal(size=3)) * q_max * rng.uniform() ** (1 / 3)
     lesion_center = organ_center + organ_rot @ (organ_axes * q)
-    # Vessel: a bent, wiggling curve through the organ, on the far side from the lesion: with
-    # n1 the direction (perpendicular to the curve's axis d) away from the lesion, every curve
-    # point is >= offset + |o_perp| from the lesion centre (bend is along +n1, wiggle along n2).
+    # Vessel: a bent, wiggling curve through the organ. n1 (perpendicular to its axis d) points
+    # away from the lesion, bend is along +n1, wiggle along d x n1: every curve point is then
+    # >= offset + |o_perp| from the lesion centre.
     radius = float(rng.uniform(3.0, 4.0))
     o = lesion_center - organ_center
     for _ in range(100):
@@ -153,7 +142,7 @@ def sample_phantom(rng: np.random.Generator) -> Phantom:
              + rng.uniform(2, 5) * np.sin(math.pi * t + rng.uniform(0, 2 * math.pi)) * np.cross(d, n1))
     quad = rng.normal(size=(3, 3))
     quad = quad + quad.T  # |log bias| <= 0.18 |x|_2 + 0.06 <= 0.3 in the body (|x|_2 <= 1.35)
-    n_waves = 12
+    n_waves = 8
     wavelength = rng.uniform(6, 30, n_waves)  # mm
     return Phantom(
         center=center,
@@ -209,42 +198,45 @@ def sample_grid(rng: np.random.Generator, center: np.ndarray, shape: tuple[int, 
     tilted by 3-8 degrees about a random axis."""
     nominal = FOV_MM / np.asarray(shape, dtype=np.float64)
     spacing = nominal * np.array([*[rng.uniform(0.88, 1.18)] * 2, rng.uniform(0.85, 1.4)])
-    tilt = None
+    tilt = None  # one case in four is oblique
     if rng.uniform() < 0.25:
-        tilt = _axis_angle(rng.normal(size=3), math.radians(rng.uniform(3, 8)))
+        rotvec = _unit(rng.normal(size=3)) * math.radians(rng.uniform(3, 8))
+        tilt = Rotation.from_rotvec(rotvec).as_matrix()
     return make_grid(orientation, np.round(spacing, 4), center, tilt)
 
 
 def voxel_centers(grid: Grid) -> np.ndarray:
-    """World RAS coordinates (mm) of every voxel centre, (X*Y*Z, 3) in C order of (X, Y, Z)."""
+    """World RAS coordinates (mm) of every voxel centre, (X*Y*Z, 3) in C order of (X, Y, Z);
+    a transposed (3, N) array: the maths works on (3, N), ~10x faster than (N, 3) @ (3, 3)."""
     ijk = np.indices(grid.shape, dtype=np.float64).reshape(3, -1)
     return (grid.affine[:3, :3] @ ijk + grid.affine[:3, 3:]).T
 
 
-def _in_ellipsoid(pts: np.ndarray, center: np.ndarray, axes: np.ndarray, rot: np.ndarray) -> np.ndarray:
-    """Points (N, 3) mm inside the ellipsoid; ``rot``: own frame -> world ((x - c) @ rot = R^T x)."""
-    return np.sum((((pts - center) @ rot) / axes) ** 2, axis=1) <= 1.0
+def _frame(p: np.ndarray, center: np.ndarray, axes: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """World points (3, N) mm -> a shape's own frame in units of its semi-axes, (3, N);
+    ``rot``: own frame -> world rotation."""
+    return (rot.T @ (p - center[:, None])) / axes[:, None]
 
 
 def world_masks(ph: Phantom, pts: np.ndarray) -> dict[str, np.ndarray]:
     """The raw shapes (body, organ, lesion, vessel) at world points ``pts`` (N, 3) mm, as
     boolean (N,) arrays, before label precedence and clipping."""
-    q = ((pts - ph.organ_center) @ ph.organ_rot) / ph.organ_axes
-    rho = np.linalg.norm(q, axis=1)
+    p = np.ascontiguousarray(pts.T)  # (3, N); free for voxel_centers' output
+    rho = np.sqrt(np.sum(_frame(p, ph.organ_center, ph.organ_axes, ph.organ_rot) ** 2, axis=0))
+    near = np.flatnonzero(rho <= 1.0 + np.abs(ph.organ_coef).sum())  # only these can be organ
+    q = _frame(p[:, near], ph.organ_center, ph.organ_axes, ph.organ_rot).T
     organ = np.zeros(len(pts), dtype=bool)
-    near = np.flatnonzero(rho <= 1.0 + np.abs(ph.organ_coef).sum())
-    u = q[near] / np.maximum(rho[near], 1e-12)[:, None]
-    organ[near] = rho[near] <= _organ_radius(ph.organ_coef, u)
+    organ[near] = rho[near] <= _organ_radius(ph.organ_coef, q / np.maximum(rho[near], 1e-12)[:, None])
     vessel = np.zeros(len(pts), dtype=bool)
     r = ph.vessel_radius
     lo, hi = ph.vessel_curve.min(0) - r, ph.vessel_curve.max(0) + r
-    box = np.flatnonzero(np.all((pts >= lo) & (pts <= hi), axis=1))
+    box = np.flatnonzero(np.all((p >= lo[:, None]) & (p <= hi[:, None]), axis=0))
     dist, _ = cKDTree(ph.vessel_curve).query(pts[box], distance_upper_bound=r + 1e-6)
     vessel[box] = dist <= r
     return {
-        "body": _in_ellipsoid(pts, ph.center, ph.body_axes, np.eye(3)),
+        "body": np.sum(_frame(p, ph.center, ph.body_axes, np.eye(3)) ** 2, axis=0) <= 1.0,
         "organ": organ,
-        "lesion": _in_ellipsoid(pts, ph.lesion_center, ph.lesion_axes, ph.lesion_rot),
+        "lesion": np.sum(_frame(p, ph.lesion_center, ph.lesion_axes, ph.lesion_rot) ** 2, axis=0) <= 1.0,
         "vessel": vessel,
     }
 
@@ -268,14 +260,16 @@ def render(ph: Phantom, grid: Grid, rng: np.random.Generator | None = None,
     """
     pts = voxel_centers(grid)
     masks = world_masks(ph, pts)
+    p = pts.T  # (3, N)
     label = label_points(masks)
     means = np.array([ph.means[k] for k in ("tissue", "organ", "lesion", "vessel")])
     img = np.where(masks["body"] | (label > 0), means[label], 0.0)
-    texture = np.cos(pts @ ph.waves.T + ph.phases).sum(axis=1)
+    waves = ph.waves.astype(np.float32) @ p.astype(np.float32) + ph.phases[:, None].astype(np.float32)
+    texture = np.cos(waves).sum(axis=0, dtype=np.float64)  # float32 cos: 2x faster
     img *= 1.0 + ph.texture_amp * math.sqrt(2 / len(ph.waves)) * texture
     if bias:
-        x = (pts - ph.center) / (FOV_MM / 2)
-        img *= np.exp(x @ ph.bias_lin + np.einsum("ni,ij,nj->n", x, ph.bias_quad, x))
+        x = (p - ph.center[:, None]) / (FOV_MM[:, None] / 2)
+        img *= np.exp(ph.bias_lin @ x + np.sum(x * (ph.bias_quad @ x), axis=0))
     if noise:
         if rng is None:
             raise ValueError("render(noise=True) needs rng, a numpy Generator for the noise")
@@ -350,8 +344,7 @@ def generate_dataset(output: Path | str, cases: int = 24, seed: int = 0, test_fr
         "name": "medseg-phantom",
         "description": "Synthetic MR-like phantoms (organ, nested lesion, vessel) with varied "
                        "spacing, orientation, bias field and noise; made by medseg synth",
-        "reference": "medseg.data.synthetic",
-        "licence": "CC0",
+        "reference": "medseg.data.synthetic", "licence": "CC0",
         "tensorImageSize": "3D",
         "modality": {"0": "MRI"},
         "labels": dict(LABELS),

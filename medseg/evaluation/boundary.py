@@ -24,11 +24,12 @@ _FACES = [(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0), (0, 0, 1), (0, 0, -1)]
 
 def band_offsets(spacing: tuple[float, float, float], width_mm: float) -> list[tuple[int, int, int]]:
     """Voxel offsets (other than 0) within ``width_mm``, plus the six face neighbours."""
-    reach = [int(math.floor(width_mm / s)) for s in spacing]
+    reach = [math.floor(width_mm / s) for s in spacing]
     ranges = [np.arange(-r, r + 1) for r in reach]
     grid = np.stack(np.meshgrid(*ranges, indexing="ij"), axis=-1).reshape(-1, 3)
     dist = np.sqrt(((grid * np.asarray(spacing)) ** 2).sum(axis=1))
-    inside = {tuple(int(v) for v in o) for o in grid[(dist <= width_mm) & (dist > 0)]}
+    within = grid[(dist <= width_mm) & (dist > 0)]
+    inside: set[tuple[int, int, int]] = {(int(a), int(b), int(c)) for a, b, c in within}
     return sorted(inside | set(_FACES))
 
 

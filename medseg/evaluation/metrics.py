@@ -60,17 +60,17 @@ COLUMNS: tuple[str, ...] = (
     "case", "label", "structure", "dice", "iou", "hd95", "assd", "nsd", "vol_ref_ml",
     "vol_pred_ml", "hd", "nsd_tolerance_mm", "boundary_f1", "boundary_iou", "rel_vol_diff",
     "tp", "fp", "fn", "empty_rule",
-)  # fmt: skip
+)
 """Columns of ``metrics.csv``, in order."""
 OVERLAP_METRICS: tuple[str, ...] = ("dice", "iou", "nsd", "boundary_f1", "boundary_iou")
 DISTANCE_METRICS: tuple[str, ...] = ("hd", "hd95", "assd")
 AGGREGATED_METRICS: tuple[str, ...] = (
     *OVERLAP_METRICS, *DISTANCE_METRICS, "vol_ref_ml", "vol_pred_ml", "rel_vol_diff",
-)  # fmt: skip
+)
 """Per-structure metrics summarised in ``summary.json``."""
 CASE_METRICS: tuple[str, ...] = (
     "pixel_accuracy", "mean_iou", "fw_iou", "mean_dice", "boundary_f1", "boundary_iou",
-)  # fmt: skip
+)
 HIGHER_IS_BETTER: dict[str, bool] = {m: True for m in (*OVERLAP_METRICS, *CASE_METRICS)} | {
     m: False for m in DISTANCE_METRICS
 }
@@ -117,6 +117,8 @@ class CaseMetrics:
     values: dict[str, float] = field(default_factory=dict)
     """pixel_accuracy, mean_iou, fw_iou, mean_dice, boundary_f1, boundary_iou."""
     worst_structure: str = ""
+    diagonal_mm: float = math.nan
+    """The image diagonal (mm), the ``worst`` policy's distance for a missing structure."""
 
 
 def confusion_matrix(ref: np.ndarray, pred: np.ndarray, ids: list[int]) -> np.ndarray:
@@ -216,7 +218,7 @@ def evaluate_arrays(
                     ref[boxes_ref[label]] == label, boxes_ref[label],
                     pred[boxes_pred[label]] == label, boxes_pred[label], spacing, tol,
                 ),
-            }  # fmt: skip
+            }
             distances = {"hd": dist.hausdorff(), "hd95": dist.percentile_hausdorff(95.0),
                          "assd": dist.assd()}
         else:
@@ -228,11 +230,14 @@ def evaluate_arrays(
             vol_ref_ml=n_ref * vox_ml, vol_pred_ml=n_pred * vox_ml, nsd_tolerance_mm=tol,
             rel_vol_diff=(n_pred - n_ref) / n_ref if n_ref else math.nan,
             tp=tp, fp=fp, fn=fn, empty_rule=rule,
-        ))  # fmt: skip
-    return _case_metrics(case, rows, cm, ["background", *(structures[i] for i in ids[1:])])
+        ))
+    result = case_metrics(case, rows, cm, ["background", *(structures[i] for i in ids[1:])])
+    result.diagonal_mm = diagonal
+    return result
 
 
-def _case_metrics(case: str, rows: list[StructureMetrics], cm: np.ndarray, classes: list[str]) -> CaseMetrics:
+def case_metrics(case: str, rows: list[StructureMetrics], cm: np.ndarray, classes: list[str]) -> CaseMetrics:
+    """The per-case values from the structure rows and the confusion matrix."""
     ious, union = _class_ious(cm)
     ref_freq = cm.sum(axis=1) / cm.sum()
     values = {
@@ -246,3 +251,36 @@ def _case_metrics(case: str, rows: list[StructureMetrics], cm: np.ndarray, class
     scored = [r for r in rows if not math.isnan(r.dice)]
     worst = min(scored, key=lambda r: r.dice).structure if scored else ""
     return CaseMetrics(case, rows, cm, classes, values, worst)
+
+
+def add_absent_structures(
+    result: CaseMetrics,
+    structures: Mapping[int, str],
+    nsd_tolerance: float | Mapping[int, float],
+    empty_policy: str | EmptyPolicy,
+) -> CaseMetrics:
+    """``result`` extended to every structure of ``structures``: those it lacks are absent
+    from both maps (rule ``both_empty``); the confusion matrix gets their empty rows."""
+    have = {r.label for r in result.structures}
+    missing = [i for i in sorted(structures) if i not in have]
+    if not missing:
+        return result
+    policy = get_empty_policy(empty_policy)
+    o_value, d_value = policy.values("both_empty", result.diagonal_mm)
+    rows = list(result.structures)
+    for label in missing:
+        rows.append(StructureMetrics(
+            case=result.case, label=label, structure=structures[label],
+            **dict.fromkeys(OVERLAP_METRICS, o_value), **dict.fromkeys(DISTANCE_METRICS, d_value),
+            vol_ref_ml=0.0, vol_pred_ml=0.0, nsd_tolerance_mm=tolerance_for(nsd_tolerance, label),
+            rel_vol_diff=math.nan, tp=0, fp=0, fn=0, empty_rule="both_empty",
+        ))
+    rows.sort(key=lambda r: r.label)
+    ids = [0, *sorted({r.label for r in rows})]
+    index = [ids.index(i) for i in [0, *sorted(have)]]  # old class k -> new class index[k]
+    cm = np.zeros((len(ids), len(ids)), np.int64)
+    cm[np.ix_(index, index)] = result.confusion
+    classes = ["background", *(structures.get(i, f"label_{i}") for i in ids[1:])]
+    out = case_metrics(result.case, rows, cm, classes)
+    out.diagonal_mm = result.diagonal_mm
+    return out

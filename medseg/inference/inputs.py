@@ -19,7 +19,9 @@ Finding cases never reads pixel data, so a broken file fails its own case (in
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,10 +107,27 @@ def _manifest_cases(path: Path, channel_names: list[str], split: str) -> list[In
     return cases
 
 
+@contextlib.contextmanager
+def _quiet_gdcm() -> Iterator[None]:
+    """Silence ITK's "No Series were found" warnings while probing folders for DICOM."""
+    import SimpleITK as sitk
+
+    was = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(was)
+
+
 def find_cases(path: Path | str, channel_names: list[str], split: str = "auto") -> list[InputCase]:
     """The cases in ``path`` (see the module docstring). ``split``: auto, test, training or all
     (manifests only). Raises :class:`InputError` when ``path`` holds nothing to predict."""
-    path = Path(path)
+    with _quiet_gdcm():
+        return _find_cases(Path(path), channel_names, split)
+
+
+def _find_cases(path: Path, channel_names: list[str], split: str) -> list[InputCase]:
     if not path.exists():
         raise InputError(f"{path}: input not found; pass a NIfTI file, a folder, a manifest or a DICOM folder")
     num_channels = len(channel_names)

@@ -99,6 +99,25 @@ class _RankZeroEpochPrinter(Callback):
         print("  ".join(parts), flush=True)
 
 
+class _SaveLast(Callback):
+    """Write ``last.ckpt`` after every epoch, atomically (temporary name, then rename).
+
+    Lightning 2.6's ``ModelCheckpoint(save_last=True)`` only writes ``last`` when it also
+    saved a top-k checkpoint, i.e. only on validation epochs; a run killed between
+    validations would then lose every epoch since the last one.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.part")
+        trainer.save_checkpoint(tmp)  # every rank calls it; the strategy writes on rank 0
+        trainer.strategy.barrier("medseg_save_last")
+        if trainer.global_rank == 0:
+            os.replace(tmp, self.path)
+
+
 def _resolve_plan(cfg: PipelineConfig, run_dir: Path, resume: bool) -> PreprocessingPlan:
     plan_path = run_dir / "preprocessing.json"
     if resume and plan_path.exists():
@@ -118,7 +137,7 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if resume and not last.exists():
+    if resume and not (last.exists() or (ckpt_dir / "interrupted.ckpt").exists()):
         raise FileNotFoundError(f"{last}: nothing to resume from; run without --resume to start training")
     if not resume and last.exists():
         raise FileExistsError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --output")
@@ -145,10 +164,7 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
     has_val = bool(split["val"])
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/mean_dice", mode="max", save_top_k=1,
                               auto_insert_metric_name=False, enable_version_counter=False)
-    # monitor=None + save_top_k=1: the newest epoch, always written as last.ckpt
-    last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", save_top_k=1, every_n_epochs=1, save_on_train_epoch_end=True,
-                              enable_version_counter=False)
-    callbacks: list[Callback] = [last_cb, OnExceptionCheckpoint(ckpt_dir, filename="last"), _RankZeroEpochPrinter()]
+    callbacks: list[Callback] = [_SaveLast(last), OnExceptionCheckpoint(ckpt_dir, filename="interrupted"), _RankZeroEpochPrinter()]
     if has_val:
         callbacks.insert(0, best_cb)
     if has_val and t.early_stopping_patience:
@@ -181,7 +197,10 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         enable_model_summary=False,
     )
     if resume:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last))
+        # an interrupted run (Ctrl-C, exception) leaves interrupted.ckpt mid-epoch: take the newer
+        interrupted = ckpt_dir / "interrupted.ckpt"
+        newest = max((p for p in (last, interrupted) if p.exists()), key=lambda p: p.stat().st_mtime)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(newest))
     else:
         trainer.fit(module, datamodule=dm)
     best = Path(best_cb.best_model_path) if has_val and best_cb.best_model_path else None

@@ -6,7 +6,14 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from medseg.data.io import ImageReadError, read_label, read_volume, same_geometry, write_label, write_volume
+from medseg.data.io import (
+    ImageReadError,
+    read_label,
+    read_volume,
+    same_geometry,
+    write_label,
+    write_volume,
+)
 
 
 def oblique_affine() -> np.ndarray:

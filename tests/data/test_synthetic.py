@@ -186,6 +186,13 @@ def test_lesion_lies_3mm_inside_the_organ() -> None:
         assert world_masks(ph, surface + 2.9 * _unit_rows(rng, 4000))["organ"].all(), seed
 
 
+def test_vessel_keeps_clear_of_the_lesion() -> None:
+    for seed in range(100):
+        ph = _phantom(seed)
+        gap = np.linalg.norm(ph.vessel_curve - ph.lesion_center, axis=1).min()
+        assert gap >= ph.lesion_axes.max() + ph.vessel_radius + 1.5 - 1e-9, seed
+
+
 def test_lesion_is_whole_and_surrounded_in_the_label_map() -> None:
     _, label, _ = generate_case(2, 0, "LPS", noise=False)
     lesion = label == 2

@@ -4,7 +4,13 @@ import torch
 
 from medseg.config import from_dict
 from medseg.data.preprocess import PreprocessingPlan
-from medseg.training.module import SegmentationModule, case_dice, init_weights_from, load_network, module_hparams
+from medseg.training.module import (
+    SegmentationModule,
+    case_dice,
+    init_weights_from,
+    load_network,
+    module_hparams,
+)
 
 
 def tiny(classes: int = 3, **model):

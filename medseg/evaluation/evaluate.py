@@ -1,0 +1,264 @@
+"""``evaluate``: predictions + references -> metrics.csv, cases.csv, summary.json, reports.
+
+The library entry point behind ``medseg evaluate``. Cases run in worker processes with a
+progress bar; one bad case never stops
+the batch: its problem is recorded and shown in the report. Every output is written under
+a temporary name and renamed.
+
+Outputs in ``output_dir``:
+
+* ``metrics.csv``: one row per case and structure (columns :data:`metrics.COLUMNS`;
+  distances in mm, volumes in mL; empty cells are NaN);
+* ``cases.csv``: one row per case (status, per-case metrics, problems), unmatched and
+  failed cases included;
+* ``confusion_matrices.json``: per case, rows = reference, columns = prediction;
+* ``summary.json``: settings, per-structure aggregates, subgroups, worst cases, problems;
+* ``report.html`` (self-contained) and ``report.md``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import multiprocessing
+import sys
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from medseg import __version__
+from medseg.data.io import ImageReadError, read_volume, same_geometry
+from medseg.evaluation.aggregate import (
+    clean_json,
+    describe,
+    group_summary,
+    structure_summary,
+    worst_cases,
+    worst_structures,
+)
+from medseg.evaluation.case import CaseError, CaseOutcome, Settings, evaluate_case, load_pair
+from medseg.evaluation.inputs import (
+    CaseInput,
+    EvaluationInputError,
+    resolve_inputs,
+    resolve_tolerances,
+)
+from medseg.evaluation.metrics import CASE_METRICS, COLUMNS, StructureMetrics, add_absent_structures
+from medseg.evaluation.plots import overlay_figure, structure_plots
+from medseg.evaluation.policy import EmptyPolicy, get_empty_policy
+from medseg.evaluation.report import fmt, render_html, render_markdown
+from medseg.utils import atomic_write_text
+
+
+def _run_cases(cases: Sequence[CaseInput], settings: Settings, workers: int, progress: bool) -> list[CaseOutcome]:
+    bar = tqdm(total=len(cases), desc="evaluate", unit="case", disable=not progress, file=sys.stderr)
+    outcomes: dict[str, CaseOutcome] = {}
+    try:
+        if workers <= 1 or len(cases) <= 1:
+            for case in cases:
+                outcomes[case.name] = _safe(case, settings)
+                bar.update()
+        else:
+            # fork where available: spawn would re-import the caller's __main__, which breaks
+            # scripts without an ``if __name__ == "__main__"`` guard; the parent holds no
+            # threads or GPU state here (evaluation imports neither torch nor CUDA).
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            ctx = multiprocessing.get_context(method)
+            with ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=ctx) as pool:
+                futures = {pool.submit(evaluate_case, c, settings): c for c in cases}
+                for future in as_completed(futures):
+                    case = futures[future]
+                    try:
+                        outcomes[case.name] = future.result()
+                    except Exception as err:  # a crashed worker fails its case, not the batch
+                        outcomes[case.name] = _crashed(case, err)
+                    bar.update()
+    finally:
+        bar.close()
+    return [outcomes[c.name] for c in cases]
+
+
+def _crashed(case: CaseInput, err: BaseException) -> CaseOutcome:
+    return CaseOutcome(case.name, "failed", [f"{case.name}: evaluation crashed ({type(err).__name__}: {err})"])
+
+
+def _safe(case: CaseInput, settings: Settings) -> CaseOutcome:
+    try:
+        return evaluate_case(case, settings)
+    except Exception as err:  # never stop the batch at one case
+        return _crashed(case, err)
+
+
+def _csv_value(value: object) -> object:
+    if isinstance(value, float):
+        return "" if math.isnan(value) else f"{value:.10g}"
+    return value
+
+
+def _csv_text(header: Sequence[str], rows: Sequence[Mapping[str, object]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(header), lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: _csv_value(row.get(k, "")) for k in header})
+    return buf.getvalue()
+
+
+def _case_rows(inputs_cases: Sequence[CaseInput], outcomes: Sequence[CaseOutcome], unmatched: Sequence[str],
+               missing: Sequence[str], columns: Sequence[str]) -> tuple[list[str], list[dict[str, object]]]:
+    header = ["case", "status", *CASE_METRICS, "worst_structure", "seconds", "resampled", *columns, "problems"]
+    meta = {c.name: c.metadata for c in inputs_cases}
+    rows: list[dict[str, object]] = []
+    for o in outcomes:
+        row: dict[str, object] = {"case": o.name, "status": o.status, "seconds": round(o.seconds, 3),
+                                  "resampled": o.resampled, "problems": " | ".join(o.problems)}
+        if o.metrics is not None:
+            row |= o.metrics.values | {"worst_structure": o.metrics.worst_structure}
+        rows.append(row | meta.get(o.name, {}))
+    rows += [{"case": n, "status": "no_reference", "problems": "prediction has no reference"} for n in unmatched]
+    rows += [{"case": n, "status": "no_prediction", "problems": "reference has no prediction"} for n in missing]
+    return header, rows
+
+
+def _overlays(cases: Mapping[str, CaseInput], worst: Sequence[Mapping[str, Any]], structures: Mapping[int, str],
+              resample_pred: bool, per_case: int = 2) -> dict[str, list[tuple[str, str]]]:
+    """Overlay figures of the worst structures of the worst cases (re-reads their files)."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    for entry in worst:
+        case = cases[entry["case"]]
+        try:
+            ref, pred, _ = load_pair(case, resample_pred)
+        except CaseError:
+            continue
+        image = None
+        if case.image is not None:
+            try:
+                vol = read_volume(case.image)
+                if same_geometry(vol, ref):
+                    image = vol.array if vol.array.ndim == 3 else vol.array[0]
+            except ImageReadError:
+                image = None
+        figures = []
+        for s in entry["worst_structures"][:per_case]:
+            if s["empty_rule"] == "both_empty" or s["dice"] == 1.0:
+                continue
+            caption = (f"{case.name}: {s['structure']}, Dice {fmt(s['dice'])}, HD95 "
+                       f"{fmt(s['hd95'], 1)} mm; reference green, prediction red")
+            png = overlay_figure(ref.array, pred.array, ref.affine, int(s["label"]), caption, image)
+            if png is not None:
+                figures.append((caption, png))
+        out[case.name] = figures
+    return out
+
+
+def evaluate(
+    pred_dir: Path | str,
+    ref: Path | str,
+    output_dir: Path | str,
+    labels: Path | str | None = None,
+    nsd_tolerance: float | Mapping[str, float] = 1.0,
+    workers: int = 1,
+    empty_policy: str | EmptyPolicy = "nan",
+    resample_pred: bool = False,
+    group_by: str | None = None,
+    progress: bool = True,
+    n_worst: int = 5,
+    n_boot: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Evaluate the predictions in ``pred_dir`` against ``ref`` and write every output.
+
+    ``ref``: a folder of ``<case>`` label maps or a manifest; ``labels``: a manifest giving
+    structure names (and case metadata) when ``ref`` is a folder. ``nsd_tolerance``: mm, or
+    structure name -> mm with an optional ``default``. ``group_by``: a manifest metadata
+    column (site, scanner) for subgroup tables. Returns the summary (as in summary.json);
+    ``summary["problems"]`` lists every problem. Raises :class:`EvaluationInputError` when
+    nothing can be evaluated.
+    """
+    inputs = resolve_inputs(pred_dir, ref, labels)
+    try:
+        policy = get_empty_policy(empty_policy)
+    except ValueError as err:
+        raise EvaluationInputError(str(err)) from err
+    if group_by and group_by not in inputs.metadata_columns:
+        raise EvaluationInputError(
+            f"--group-by {group_by!r}: no case has that metadata column; available columns: "
+            f"{inputs.metadata_columns or 'none'} (grouping needs a CSV manifest with e.g. a 'site' column)"
+        )
+    tolerance = resolve_tolerances(nsd_tolerance, inputs.structures)
+    settings = Settings(inputs.structures, tolerance, policy, resample_pred)
+    outcomes = _run_cases(inputs.cases, settings, workers, progress)
+    structures = inputs.structures or {
+        i: f"label_{i}" for i in sorted({i for o in outcomes for i in o.label_ids})
+    }
+    for o in outcomes:
+        if o.metrics is not None:
+            o.metrics = add_absent_structures(o.metrics, structures, tolerance, policy)
+    rows: list[StructureMetrics] = [r for o in outcomes if o.metrics for r in o.metrics.structures]
+    case_values = {o.name: o.metrics.values for o in outcomes if o.metrics is not None}
+    worst_by_case = worst_structures(rows)
+    worst = [
+        {"case": c, **{k: case_values[c][k] for k in ("mean_dice", "pixel_accuracy")},
+         "worst_structures": worst_by_case.get(c, [])}
+        for c in worst_cases(case_values, n_worst)
+    ]
+    problems = list(inputs.problems) + [p for o in outcomes for p in o.problems]
+    by_name = {c.name: c for c in inputs.cases}
+    summary: dict[str, Any] = {
+        "medseg_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "inputs": {"pred": str(pred_dir), "ref": str(ref), "labels": str(labels) if labels else None},
+        "settings": {
+            "nsd_tolerance_mm": {structures.get(k, f"label_{k}") if k else "default": v for k, v in tolerance.items()}
+            if isinstance(tolerance, dict) else tolerance,
+            "empty_policy": policy.as_dict(), "resample_pred": resample_pred, "group_by": group_by,
+            "bootstrap": n_boot, "seed": seed, "workers": workers,
+        },
+        "cases": {
+            "evaluated": len(case_values),
+            "failed": [o.name for o in outcomes if o.status == "failed"],
+            "warnings": [o.name for o in outcomes if o.status == "warning"],
+            "unmatched_pred": inputs.unmatched_pred, "missing_pred": inputs.missing_pred,
+            "resampled": [o.name for o in outcomes if o.resampled],
+        },
+        "structures": structure_summary(rows, structures, n_boot=n_boot, seed=seed),
+        "case_metrics": {m: describe([v[m] for v in case_values.values()], n_boot, seed) for m in CASE_METRICS},
+        "worst_cases": worst,
+        "worst_structures_per_case": worst_by_case,
+        "problems": problems,
+        "status": "problems" if problems else "ok",
+    }
+    if group_by:
+        groups = {c.name: c.metadata.get(group_by, "") for c in inputs.cases}
+        summary["groups"] = {group_by: group_summary(rows, structures, groups, n_boot=n_boot, seed=seed)}
+    summary = clean_json(summary)  # type: ignore[assignment]
+    _write_outputs(Path(output_dir), summary, rows, inputs, outcomes, structures, by_name, resample_pred)
+    return summary
+
+
+def _write_outputs(out: Path, summary: dict[str, Any], rows: Sequence[StructureMetrics], inputs: Any,
+                   outcomes: Sequence[CaseOutcome], structures: Mapping[int, str],
+                   by_name: Mapping[str, CaseInput], resample_pred: bool) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "metrics.csv", _csv_text(COLUMNS, [r.as_row() for r in rows]))
+    header, case_rows = _case_rows(inputs.cases, outcomes, inputs.unmatched_pred, inputs.missing_pred,
+                                   inputs.metadata_columns)
+    atomic_write_text(out / "cases.csv", _csv_text(header, case_rows))
+    confusion = {
+        "rows": "reference", "columns": "prediction",
+        "classes": ["background", *(structures[i] for i in sorted(structures))],
+        "cases": {o.name: np.asarray(o.metrics.confusion).tolist() for o in outcomes if o.metrics},
+    }
+    atomic_write_text(out / "confusion_matrices.json", json.dumps(confusion) + "\n")
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / "report.md", render_markdown(summary))
+    plots = structure_plots(rows, structures)
+    overlays = _overlays(by_name, summary["worst_cases"], structures, resample_pred)
+    atomic_write_text(out / "report.html", render_html(summary, plots, overlays))

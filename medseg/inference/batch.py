@@ -1,0 +1,268 @@
+"""Unattended batch prediction: every case gets a verified output or a logged reason.
+
+For each case: skip it when ``resume`` is on and its outputs already exist and are valid
+(readable, same shape/affine/qform/sform codes as the input; a SEG that references the
+input series); otherwise read, predict, write atomically, and verify the written header
+against the input's (a mismatch removes the output and fails the case). A case that fails
+for any reason (unreadable, truncated, empty, NaN, wrong dimensionality, wrong channel
+count…) is recorded with a one-line reason and the batch goes on.
+
+``OUTPUT/predict_log.csv`` (case, status ok|failed|skipped, seconds, error) is rewritten
+atomically after every case, so an interrupted batch leaves a consistent log and no
+half-written image. ``workers > 1`` predicts cases in parallel CPU processes (spawned,
+each loading the models once and using ``cpu_count // workers`` torch threads).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+
+from medseg.data.io import NIFTI_SUFFIXES, ImageReadError, Volume, read_volume, write_label
+from medseg.inference.inputs import InputCase, read_case
+from medseg.inference.predictor import Predictor, PredictorSpec
+from medseg.utils import atomic_write_text
+
+FORMATS = ("nifti", "dicom-seg", "both")
+LOG_NAME = "predict_log.csv"
+LOG_COLUMNS = ("case", "status", "seconds", "error")
+
+
+@dataclass
+class CaseResult:
+    case: str
+    status: str
+    """ok, failed or skipped."""
+    seconds: float
+    error: str = ""
+
+
+def output_paths(output: Path, case: InputCase, fmt: str) -> list[Path]:
+    """The files a case produces: ``<case>.nii.gz`` and/or ``<case>.dcm`` (DICOM-SEG)."""
+    paths = []
+    if fmt in ("nifti", "both"):
+        paths.append(output / f"{case.name}.nii.gz")
+    if fmt in ("dicom-seg", "both"):
+        paths.append(output / f"{case.name}.dcm")
+    return paths
+
+
+def one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or repr(err)
+    name = type(err).__name__
+    text = text if isinstance(err, ImageReadError) else f"{name}: {text}"
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+def input_reference(case: InputCase) -> Volume:
+    """The input's geometry: header only for NIfTI, a full read otherwise (DICOM, NRRD)."""
+    src = case.sources[0]
+    if src.is_file() and src.name.lower().endswith(NIFTI_SUFFIXES):
+        try:
+            img = nib.load(str(src))
+        except Exception as err:
+            raise ImageReadError(f"{src}: unreadable NIfTI ({type(err).__name__}: {err})") from err
+        shape = tuple(int(s) for s in img.shape[:3])
+        return Volume(_shape_only(shape), np.asarray(img.affine, float), img.header.copy(), str(src))
+    return read_volume(src)
+
+
+def _shape_only(shape: Sequence[int]) -> np.ndarray:
+    """A zero-memory stand-in array carrying only a spatial shape (for geometry checks)."""
+    return np.broadcast_to(np.zeros((), dtype=np.uint8), tuple(int(s) for s in shape))
+
+
+def check_nifti_output(path: Path, reference: Volume) -> None:
+    """Raise ValueError unless ``path`` is a readable integer label map in ``reference``'s geometry.
+
+    Compares shape, affine (1e-5 mm), and when the input is NIfTI its qform/sform and codes.
+    """
+    try:
+        img = nib.load(str(path))
+        data = np.asanyarray(img.dataobj)  # a full read also detects truncated .gz files
+    except Exception as err:
+        raise ValueError(f"{path}: unreadable output ({type(err).__name__}: {err})") from err
+    if tuple(img.shape) != reference.spatial_shape:
+        raise ValueError(f"{path}: shape {img.shape} differs from the input's {reference.spatial_shape}")
+    if not np.allclose(img.affine, reference.affine, atol=1e-5, rtol=0):
+        raise ValueError(f"{path}: affine {img.affine.tolist()} differs from the input's {reference.affine.tolist()}")
+    if not np.issubdtype(data.dtype, np.integer):
+        raise ValueError(f"{path}: data type {data.dtype} is not an integer label map")
+    ref = reference.header
+    if isinstance(ref, nib.Nifti1Header):
+        hdr = img.header
+        for kind in ("qform", "sform"):
+            got_aff, got_code = getattr(hdr, f"get_{kind}")(coded=True)
+            ref_aff, ref_code = getattr(ref, f"get_{kind}")(coded=True)
+            same = int(got_code) == int(ref_code) and (
+                (got_aff is None and ref_aff is None)
+                or (got_aff is not None and ref_aff is not None and np.allclose(got_aff, ref_aff, atol=1e-5))
+            )
+            if not same:
+                raise ValueError(f"{path}: {kind} (code {got_code}) differs from the input's (code {ref_code})")
+
+
+def outputs_valid(paths: Sequence[Path], case: InputCase) -> bool:
+    """True when every output exists and matches the input (used by ``resume``)."""
+    if not all(p.is_file() for p in paths):
+        return False
+    try:
+        reference = input_reference(case)
+        for path in paths:
+            if path.name.endswith(".dcm"):
+                from medseg.inference.dicom_seg import check_dicom_seg
+
+                check_dicom_seg(path, reference)
+            else:
+                check_nifti_output(path, reference)
+    except (ValueError, OSError):
+        return False
+    return True
+
+
+def predict_case(
+    predictor: Predictor, case: InputCase, output: Path, fmt: str = "nifti", resume: bool = True
+) -> CaseResult:
+    """Predict one case into ``output``; never raises for a bad input (see the result's error)."""
+    start = time.perf_counter()
+    paths = output_paths(output, case, fmt)
+    try:
+        if resume and outputs_valid(paths, case):
+            return CaseResult(case.name, "skipped", round(time.perf_counter() - start, 3))
+        if fmt != "nifti" and not case.is_dicom:
+            raise ImageReadError(
+                f"{case.sources[0]}: --format {fmt} needs a DICOM series input (DICOM-SEG references the "
+                "source slices); use --format nifti for this case"
+            )
+        volume = read_case(case, len(predictor.channel_names))
+        labels = predictor.predict_volume(volume)
+        reference = Volume(_shape_only(volume.spatial_shape), volume.affine, volume.header, volume.source,
+                           volume.dicom_files)
+        del volume  # the image is no longer needed while writing
+        for path in paths:
+            if path.name.endswith(".dcm"):
+                from medseg.inference.dicom_seg import write_dicom_seg
+
+                write_dicom_seg(path, labels, reference, predictor.labels, version=_version())
+            else:
+                write_label(path, labels, reference)
+                try:
+                    check_nifti_output(path, reference)
+                except ValueError:
+                    path.unlink(missing_ok=True)
+                    raise
+    except Exception as err:  # one bad case never stops the batch
+        return CaseResult(case.name, "failed", round(time.perf_counter() - start, 3), one_line(err))
+    return CaseResult(case.name, "ok", round(time.perf_counter() - start, 3))
+
+
+def _version() -> str:
+    import medseg
+
+    return str(getattr(medseg, "__version__", "0"))
+
+
+def write_log(path: Path, results: Sequence[CaseResult]) -> None:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(LOG_COLUMNS)
+    for r in results:
+        writer.writerow([r.case, r.status, f"{r.seconds:.3f}", r.error])
+    atomic_write_text(path, buf.getvalue())
+
+
+# ------------------------------------------------------------------ worker processes
+
+_WORKER: Predictor | None = None
+
+
+def _init_worker(spec: PredictorSpec) -> None:
+    global _WORKER
+    _WORKER = Predictor.from_spec(spec)
+
+
+def _worker_case(case: InputCase, output: Path, fmt: str, resume: bool) -> CaseResult:
+    if _WORKER is None:  # pragma: no cover - the initializer always runs first
+        raise RuntimeError("worker not initialised")
+    return predict_case(_WORKER, case, output, fmt, resume)
+
+
+def predict_batch(
+    predictor: Predictor,
+    cases: Sequence[InputCase],
+    output: Path | str,
+    fmt: str = "nifti",
+    resume: bool = True,
+    workers: int = 0,
+    progress: bool = True,
+) -> list[CaseResult]:
+    """Predict ``cases`` into ``output``; returns one :class:`CaseResult` per case, in order.
+
+    ``fmt``: nifti, dicom-seg or both. ``workers`` > 1 needs a predictor built from files
+    (``Predictor.from_spec``/``from_checkpoints``) so each worker can load it.
+    """
+    from tqdm import tqdm
+
+    if fmt not in FORMATS:
+        raise ValueError(f"format {fmt!r}: expected one of {list(FORMATS)}")
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(output / "predict_config.json", json.dumps(predictor.describe(), indent=2, default=str))
+    log_path = output / LOG_NAME
+    done: dict[str, CaseResult] = {}
+    bar = tqdm(total=len(cases), unit="case", desc="predict", disable=not progress, dynamic_ncols=True)
+
+    def record(result: CaseResult) -> None:
+        done[result.case] = result
+        write_log(log_path, [done[c.name] for c in cases if c.name in done])
+        bar.set_postfix_str(f"{result.case}: {result.status} {result.seconds:.1f}s", refresh=False)
+        bar.update(1)
+        if result.status == "failed":
+            bar.write(f"failed {result.case}: {result.error}")
+
+    try:
+        if workers > 1:
+            _run_parallel(predictor, cases, output, fmt, resume, workers, record)
+        else:
+            for case in cases:
+                record(predict_case(predictor, case, output, fmt, resume))
+    finally:
+        bar.close()
+    return [done[c.name] for c in cases if c.name in done]
+
+
+def _run_parallel(
+    predictor: Predictor, cases: Sequence[InputCase], output: Path, fmt: str, resume: bool, workers: int,
+    record: Any,
+) -> None:
+    import dataclasses
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    if predictor.spec is None:
+        raise ValueError("workers > 1 needs a Predictor built with Predictor.from_spec/from_checkpoints")
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    spec = dataclasses.replace(predictor.spec, threads=threads, device="cpu")
+    ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(spec,)) as pool:
+        futures = {pool.submit(_worker_case, c, output, fmt, resume): c for c in cases}
+        try:
+            for future in as_completed(futures):
+                case = futures[future]
+                try:
+                    record(future.result())
+                except Exception as err:  # a worker that died (e.g. out of memory)
+                    record(CaseResult(case.name, "failed", 0.0, one_line(err)))
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise

@@ -1,0 +1,124 @@
+"""DICOM Segmentation output (highdicom) for predictions on DICOM series.
+
+The SEG object references the source series (its study, series and each slice's SOP
+instance), takes its frame geometry from the source slices, and names one segment per
+foreground structure of the plan's labels (segment numbers 1..N in label-id order, so a
+label map with ids {1, 3} gets segments 1 and 2, described by name). It is written as a
+BINARY segmentation (the most widely read form); empty frames are omitted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from medseg.data.io import Volume
+from medseg.utils import atomic_path
+
+
+class DicomSegError(ValueError):
+    """A DICOM-SEG cannot be written for this case; the message says why."""
+
+
+def segment_numbers(labels: Mapping[str, int]) -> dict[int, tuple[int, str]]:
+    """Label id -> (segment number, structure name) for the foreground labels, in id order."""
+    fg = sorted((v, k) for k, v in labels.items() if v != 0)
+    return {label_id: (i + 1, name) for i, (label_id, name) in enumerate(fg)}
+
+
+def _descriptions(labels: Mapping[str, int], version: str) -> list:  # list[hd.seg.SegmentDescription]
+    import highdicom as hd
+    from pydicom.sr.codedict import codes
+
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name="medseg", version=version, family=codes.cid7162.ArtificialIntelligence
+    )
+    out = []
+    for _label, (number, name) in sorted(segment_numbers(labels).items(), key=lambda kv: kv[1][0]):
+        out.append(
+            hd.seg.SegmentDescription(
+                segment_number=number,
+                segment_label=name,
+                segmented_property_category=codes.SCT.AnatomicalStructure,
+                segmented_property_type=codes.SCT.Tissue,
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+                algorithm_identification=algorithm,
+                tracking_uid=hd.UID(),
+                tracking_id=name,
+            )
+        )
+    return out
+
+
+def to_frames(labels: np.ndarray, label_map: Mapping[str, int]) -> np.ndarray:
+    """(X, Y, Z) label ids -> (Z, rows=Y, columns=X) segment numbers, one frame per source slice."""
+    lut = np.zeros(int(labels.max(initial=0)) + 1, dtype=np.uint16)
+    for label_id, (number, _name) in segment_numbers(label_map).items():
+        if label_id < len(lut):
+            lut[label_id] = number
+    return np.ascontiguousarray(lut[labels].transpose(2, 1, 0))
+
+
+def write_dicom_seg(
+    path: Path | str,
+    labels: np.ndarray,
+    reference: Volume,
+    label_map: Mapping[str, int],
+    version: str = "0",
+    source_files: Sequence[str] | None = None,
+) -> None:
+    """Write ``labels`` ((X, Y, Z), the reference's grid) as a DICOM-SEG referencing its series.
+
+    ``reference`` must have been read from a DICOM series (``reference.dicom_files``, slice
+    k of the array = file k). Atomic write.
+    """
+    import highdicom as hd
+    import pydicom
+
+    files = list(source_files or reference.dicom_files)
+    if not files:
+        raise DicomSegError(
+            f"{reference.source}: DICOM-SEG output needs a DICOM series input (this is not one); "
+            "use --format nifti for NIfTI/NRRD inputs"
+        )
+    if labels.shape != reference.spatial_shape or len(files) != labels.shape[2]:
+        raise DicomSegError(
+            f"{reference.source}: label map {labels.shape} does not match the series "
+            f"({reference.spatial_shape}, {len(files)} slice files)"
+        )
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    seg = hd.seg.Segmentation(
+        source_images=sources,
+        pixel_array=to_frames(labels, label_map),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+        segment_descriptions=_descriptions(label_map, version),
+        series_instance_uid=hd.UID(),
+        series_number=int(getattr(sources[0], "SeriesNumber", 0) or 0) + 1000,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer="medseg",
+        manufacturer_model_name="medseg predict",
+        software_versions=version,
+        device_serial_number="none",
+        series_description="medseg segmentation",
+    )
+    with atomic_path(Path(path)) as tmp:
+        seg.save_as(str(tmp))
+
+
+def check_dicom_seg(path: Path | str, reference: Volume) -> None:
+    """Raise ValueError unless ``path`` is a readable SEG referencing ``reference``'s series."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+    except Exception as err:
+        raise ValueError(f"{path}: unreadable DICOM ({type(err).__name__}: {err})") from err
+    if getattr(ds, "Modality", "") != "SEG":
+        raise ValueError(f"{path}: Modality {getattr(ds, 'Modality', None)!r}, expected 'SEG'")
+    source = pydicom.dcmread(reference.dicom_files[0], stop_before_pixels=True)
+    refs = {item.SeriesInstanceUID for item in getattr(ds, "ReferencedSeriesSequence", [])}
+    if source.SeriesInstanceUID not in refs:
+        raise ValueError(f"{path}: references series {sorted(refs)}, not the input's {source.SeriesInstanceUID}")

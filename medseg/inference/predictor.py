@@ -1,0 +1,234 @@
+"""The :class:`Predictor`: one volume in, its label map in the input's exact geometry out.
+
+Steps: the checkpoint's own preprocessing (:func:`medseg.data.preprocess.prepare_case`,
+nothing re-specified) -> Gaussian-weighted sliding window per network, optionally with
+mirroring TTA (:func:`medseg.inference.window.predict_probabilities`) -> the ensemble's
+mean probability on the network grid -> back to the input grid and argmax, slab by slab
+(:mod:`medseg.inference.geometry`) -> per-structure post-processing
+(:mod:`medseg.inference.postprocess`).
+
+An ensemble (e.g. cross-validation folds) must share one preprocessing plan, so that all
+members predict on the same grid; their networks, patch sizes and window settings may
+differ. Post-processing comes from the first member's config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from medseg.config import PipelineConfig
+from medseg.data.io import Volume
+from medseg.data.preprocess import PreparedCase, PreprocessingPlan, prepare_case
+from medseg.inference.geometry import labels_to_input, resample_argmax
+from medseg.inference.postprocess import PostprocessSpec, postprocess, resolve_spec
+from medseg.inference.window import predict_probabilities
+
+
+@dataclass
+class LoadedModel:
+    """One ensemble member: an eval-mode network with the config it was trained with."""
+
+    net: torch.nn.Module
+    cfg: PipelineConfig
+    source: str = ""
+
+
+@dataclass
+class PredictorSpec:
+    """How to build a :class:`Predictor` from files; picklable, so worker processes can rebuild it."""
+
+    models: list[str]
+    device: str = "cpu"
+    tta: bool | None = None
+    overlap: float | None = None
+    sw_batch_size: int | None = None
+    postprocess: bool = True
+    threads: int | None = None
+    """torch intra-op threads (None: torch's default)."""
+
+
+def resolve_device(device: str | None) -> str:
+    """``auto``/None -> ``cuda`` when available, else ``cpu``; anything else is checked by torch."""
+    if device in (None, "", "auto"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise ValueError(f"--device {device!r}: not a device name; use cpu, cuda, cuda:1 or auto") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: CUDA is not available on this machine; use --device cpu")
+    return str(dev)
+
+
+def load_model(path: Path | str, device: str = "cpu") -> tuple[LoadedModel, PreprocessingPlan]:
+    """A checkpoint file, a run directory (its best checkpoint) or a ``medseg export`` folder."""
+    from medseg.inference.export import is_export_dir, load_exported
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"--model {path}: not found; pass a run directory, a .ckpt file or an export folder")
+    if path.is_dir() and is_export_dir(path):
+        net, cfg, plan = load_exported(path, device=device)
+        return LoadedModel(net, cfg, str(path)), plan
+    from medseg.training.module import load_network
+    from medseg.training.run import best_checkpoint
+
+    ckpt = best_checkpoint(path)
+    net, cfg, plan = load_network(ckpt, device)
+    return LoadedModel(net, cfg, str(ckpt)), plan
+
+
+class Predictor:
+    """Predict label maps with one network or an ensemble, in the input's exact geometry.
+
+    ``tta``/``overlap``/``sw_batch_size``: override the checkpoints' ``inference``
+    settings (None keeps each member's own). ``apply_postprocess``: run the configured
+    per-structure post-processing.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[LoadedModel],
+        plan: PreprocessingPlan,
+        tta: bool | None = None,
+        overlap: float | None = None,
+        sw_batch_size: int | None = None,
+        apply_postprocess: bool = True,
+    ) -> None:
+        if not models:
+            raise ValueError("Predictor needs at least one model")
+        if overlap is not None and not 0.0 <= overlap < 1.0:
+            raise ValueError(f"overlap {overlap}: expected a fraction in [0, 1), e.g. 0.5")
+        if sw_batch_size is not None and sw_batch_size < 1:
+            raise ValueError(f"sw_batch_size {sw_batch_size}: expected a positive number of windows")
+        self.plan = plan
+        self.models = [dataclasses.replace(m, cfg=self._override(m.cfg, tta, overlap, sw_batch_size)) for m in models]
+        self.tta = [bool(m.cfg.inference.tta) for m in self.models]
+        self.spec: PredictorSpec | None = None
+        self.post: PostprocessSpec = (
+            resolve_spec(self.models[0].cfg.inference, plan.labels) if apply_postprocess else PostprocessSpec()
+        )
+
+    @staticmethod
+    def _override(cfg: PipelineConfig, tta: bool | None, overlap: float | None, sw: int | None) -> PipelineConfig:
+        inf = cfg.inference
+        changes = {k: v for k, v in (("tta", tta), ("overlap", overlap), ("sw_batch_size", sw)) if v is not None}
+        return dataclasses.replace(cfg, inference=dataclasses.replace(inf, **changes)) if changes else cfg
+
+    @classmethod
+    def from_spec(cls, spec: PredictorSpec) -> Predictor:
+        """Load every model of ``spec`` and check that they share one preprocessing plan."""
+        if spec.threads:
+            torch.set_num_threads(spec.threads)
+        device = resolve_device(spec.device)
+        loaded = [load_model(m, device) for m in spec.models]
+        plan = loaded[0][1]
+        for (_, other), path in zip(loaded[1:], spec.models[1:], strict=True):
+            _check_same_plan(plan, other, spec.models[0], path)
+        predictor = cls([m for m, _ in loaded], plan, spec.tta, spec.overlap, spec.sw_batch_size, spec.postprocess)
+        predictor.spec = spec
+        return predictor
+
+    @classmethod
+    def from_checkpoints(cls, models: Sequence[Path | str], device: str = "cpu", **kwargs: object) -> Predictor:
+        """Shorthand for ``from_spec(PredictorSpec([...], device, ...))``."""
+        return cls.from_spec(PredictorSpec([str(m) for m in models], device, **kwargs))  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def labels(self) -> dict[str, int]:
+        """Structure name -> label id, background included."""
+        return dict(self.plan.labels)
+
+    @property
+    def channel_names(self) -> list[str]:
+        return list(self.plan.channel_names)
+
+    @property
+    def num_classes(self) -> int:
+        return self.plan.num_classes
+
+    # ------------------------------------------------------------------ prediction
+
+    def prepare(self, image: np.ndarray, affine: np.ndarray) -> PreparedCase:
+        """The checkpoint's preprocessing of a (C, X, Y, Z) image (see ``prepare_case``)."""
+        if image.ndim == 3:
+            image = image[None]
+        if image.ndim != 4 or image.shape[0] != len(self.plan.channel_names):
+            raise ValueError(
+                f"image of shape {image.shape}: expected (C, X, Y, Z) with C = {len(self.plan.channel_names)} "
+                f"channels {self.plan.channel_names}"
+            )
+        return prepare_case(image, affine, self.plan)
+
+    def probabilities(self, prepared: PreparedCase) -> torch.Tensor:
+        """Mean class probabilities (K, X', Y', Z') of the ensemble on the network grid (CPU)."""
+        image = torch.from_numpy(prepared.image)
+        total: torch.Tensor | None = None
+        for model in self.models:
+            probs = predict_probabilities(model.net, image, model.cfg, tta=model.cfg.inference.tta)
+            total = probs if total is None else total.add_(probs)
+            del probs
+        if total is None:  # pragma: no cover - models is never empty
+            raise RuntimeError("no models")
+        return total.div_(len(self.models)) if len(self.models) > 1 else total
+
+    def predict_array(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
+        """Label map (X, Y, Z) for a (C, X, Y, Z) or (X, Y, Z) image with its 4x4 RAS affine.
+
+        The result has the image's spatial shape and voxel order, so it is written with
+        the image's own header/affine.
+        """
+        prepared = self.prepare(image, affine)
+        probs = self.probabilities(prepared)
+        prepared.image = np.empty(0, dtype=np.float32)  # free the network-grid image early
+        crop_shape = tuple(s.stop - s.start for s in prepared.bbox)
+        dtype = np.uint8 if self.num_classes <= 256 else np.uint16
+        labels = resample_argmax(probs, crop_shape, dtype)  # type: ignore[arg-type]
+        del probs
+        if not self.post.empty:
+            postprocess(labels, _canonical_spacing(affine, prepared), self.post)
+        return labels_to_input(labels, prepared, affine)
+
+    def predict_volume(self, volume: Volume) -> np.ndarray:
+        """Label map for a :class:`Volume` (float image, (C, X, Y, Z) or (X, Y, Z))."""
+        return self.predict_array(volume.array, volume.affine)
+
+    def describe(self) -> dict[str, object]:
+        """A JSON-able summary (models, plan, window settings) for logs."""
+        return {
+            "models": [m.source for m in self.models],
+            "plan": asdict(self.plan),
+            "inference": [asdict(m.cfg.inference) for m in self.models],
+        }
+
+    def __repr__(self) -> str:
+        return f"Predictor({json.dumps(self.describe()['models'])}, classes={self.num_classes})"
+
+
+def _canonical_spacing(affine: np.ndarray, prepared: PreparedCase) -> tuple[float, ...]:
+    """Voxel size (mm) along the canonical axes: the input's spacing, permuted by the orientation."""
+    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    out = [0.0, 0.0, 0.0]
+    for src, (dst, _flip) in enumerate(prepared.ornt):
+        out[int(dst)] = float(spacing[src])
+    return tuple(out)
+
+
+def _check_same_plan(a: PreprocessingPlan, b: PreprocessingPlan, path_a: str, path_b: str) -> None:
+    da, db = asdict(a), asdict(b)
+    diff = [k for k in da if da[k] != db.get(k)]
+    if diff:
+        k = diff[0]
+        raise ValueError(
+            f"--model {path_b}: preprocessing differs from {path_a} in {k!r} ({db.get(k)!r} vs {da[k]!r}); "
+            "an ensemble must share one plan (e.g. the folds of one cross-validation run)"
+        )

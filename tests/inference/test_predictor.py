@@ -1,0 +1,134 @@
+"""Predictor: masks land in the input's exact geometry (threshold network, known answer)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from inference_helpers import ThresholdNet, dice, make_checkpoint, rotation, sphere_image, threshold_predictor, tiny_config
+
+from medseg.data.preprocess import PreprocessingPlan
+from medseg.inference.predictor import LoadedModel, Predictor
+
+THRESHOLD = 88.0  # 100 - radius 12 mm
+
+
+def _affine(linear: np.ndarray, origin: tuple[float, float, float]) -> np.ndarray:
+    aff = np.eye(4)
+    aff[:3, :3] = linear
+    aff[:3, 3] = origin
+    return aff
+
+
+GEOMETRIES = {
+    # name: (shape, affine, plan target spacing (canonical order), minimum Dice)
+    "ras_1mm": ((40, 36, 34), _affine(np.eye(3), (-20, -15, 5)), [1.0, 1.0, 1.0], 1.0),
+    "lps_anisotropic": ((48, 40, 14), _affine(np.diag([-0.8, -0.9, 2.5]), (30, 25, -10)), [0.8, 0.9, 2.5], 1.0),
+    "resampled_down": ((48, 40, 14), _affine(np.diag([-0.8, -0.8, 2.5]), (30, 25, -10)), [1.6, 1.6, 2.5], 0.97),
+    "resampled_up": ((18, 16, 14), _affine(np.diag([2.0, 2.2, 2.5]), (-15, -14, -12)), [1.0, 1.0, 1.25], 0.97),
+    "oblique_permuted": (
+        (20, 36, 30),
+        _affine(rotation(0.3, 0.35) @ np.array([[0, 1.0, 0], [0, 0, -1.1], [1.6, 0, 0]]), (-14, 18, -16)),
+        [1.0, 1.1, 1.6],
+        0.97,
+    ),
+    "oblique_resampled": (
+        (26, 24, 22),
+        _affine(rotation(-0.4, 0.2) @ np.diag([1.3, -1.2, 1.5]), (-16, 14, -15)),
+        [1.0, 1.0, 1.0],
+        0.97,
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(GEOMETRIES))
+def test_mask_is_the_threshold_of_the_input_in_its_own_geometry(name: str) -> None:
+    shape, affine, spacing, min_dice = GEOMETRIES[name]
+    # An off-centre sphere: a missing flip or permutation would move the mask.
+    centre = affine[:3, :3] @ (np.array(shape) * [0.38, 0.6, 0.4]) + affine[:3, 3]
+    image = sphere_image(shape, affine, centre)
+    expected = image > THRESHOLD
+    assert 300 < expected.sum() < 0.5 * expected.size
+    predictor = threshold_predictor(spacing, THRESHOLD)
+    labels = predictor.predict_array(image, affine)
+    assert labels.shape == shape and labels.dtype == np.uint8
+    score = dice(labels == 1, expected)
+    assert score >= min_dice, f"{name}: Dice {score:.4f}"
+    # Resampling may move boundary voxels, but not the object: a half-voxel grid shift moves
+    # the centroid by 0.3-0.8 mm here.
+    def centroid(mask: np.ndarray) -> np.ndarray:
+        return affine[:3, :3] @ np.argwhere(mask).mean(0) + affine[:3, 3]
+
+    np.testing.assert_allclose(centroid(labels == 1), centroid(expected), atol=0.1)
+    # The object mirrored along any axis scores far lower: the test would catch a flipped axis.
+    for axis in range(3):
+        assert dice(np.flip(labels, axis) == 1, expected) < 0.9
+
+
+def test_crop_outside_foreground_is_background() -> None:
+    shape, affine = (30, 30, 30), np.eye(4)
+    image = sphere_image(shape, affine, np.array([15.0, 15.0, 15.0]), box_margin=8)
+    predictor = threshold_predictor([1.0, 1.0, 1.0], 50.0)  # inside the box everything is > 50
+    labels = predictor.predict_array(image, affine)
+    np.testing.assert_array_equal(labels == 1, image > 50.0)
+    assert labels[:8].max() == 0
+
+
+def test_ensemble_averages_probabilities(plan: PreprocessingPlan, tmp_path: Path) -> None:
+    a = make_checkpoint(tmp_path / "a.ckpt", plan, seed=1)
+    b = make_checkpoint(tmp_path / "b.ckpt", plan, seed=2)
+    image = np.random.default_rng(0).random((1, 20, 18, 16)).astype(np.float32)
+    one_a, one_b = Predictor.from_checkpoints([a]), Predictor.from_checkpoints([b])
+    both = Predictor.from_checkpoints([a, b])
+    prepared = both.prepare(image, np.eye(4))
+    expected = (one_a.probabilities(prepared) + one_b.probabilities(prepared)) / 2
+    torch.testing.assert_close(both.probabilities(prepared), expected)
+    assert both.predict_array(image, np.eye(4)).shape == (20, 18, 16)
+
+
+def test_ensemble_with_different_plans_is_refused(plan: PreprocessingPlan, tmp_path: Path) -> None:
+    a = make_checkpoint(tmp_path / "a.ckpt", plan)
+    other = PreprocessingPlan(target_spacing=[2.0, 2.0, 2.0], normalization="zscore", labels=plan.labels)
+    b = make_checkpoint(tmp_path / "b.ckpt", other)
+    with pytest.raises(ValueError, match=r"preprocessing differs .* in 'target_spacing'"):
+        Predictor.from_checkpoints([a, b])
+
+
+def test_tta_and_window_overrides(plan: PreprocessingPlan, tmp_path: Path) -> None:
+    ckpt = make_checkpoint(tmp_path / "a.ckpt", plan)
+    predictor = Predictor.from_checkpoints([ckpt], tta=True, overlap=0.25, sw_batch_size=2)
+    inf = predictor.models[0].cfg.inference
+    assert (inf.tta, inf.overlap, inf.sw_batch_size) == (True, 0.25, 2)
+    prepared = predictor.prepare(np.random.default_rng(1).random((12, 12, 12)).astype(np.float32), np.eye(4))
+    probs = predictor.probabilities(prepared)
+    torch.testing.assert_close(probs.sum(0), torch.ones(probs.shape[1:]))
+    with pytest.raises(ValueError, match="overlap 1.5"):
+        Predictor.from_checkpoints([ckpt], overlap=1.5)
+
+
+def test_tta_of_a_mirror_symmetric_network_changes_nothing() -> None:
+    """ThresholdNet is pointwise, so flipping commutes with it: TTA must give the same mask."""
+    shape, affine = (24, 22, 20), np.diag([1.0, 1.0, 1.0, 1.0])
+    image = sphere_image(shape, affine, np.array([9.0, 12.0, 10.0]))
+    plain = threshold_predictor([1.0, 1.0, 1.0], THRESHOLD).predict_array(image, affine)
+    tta = threshold_predictor([1.0, 1.0, 1.0], THRESHOLD, tta=True).predict_array(image, affine)
+    np.testing.assert_array_equal(plain, tta)
+
+
+def test_two_dimensional_network_predicts_slice_wise() -> None:
+    cfg = tiny_config()
+    cfg.model.spatial_dims = 2
+    cfg.data.patch_size = [16, 16]
+    plan = PreprocessingPlan(target_spacing=[1.0, 1.0, 1.0], normalization="none", labels={"background": 0, "o": 1})
+    predictor = Predictor([LoadedModel(ThresholdNet(THRESHOLD).eval(), cfg)], plan)
+    shape, affine = (22, 20, 18), np.diag([-1.0, 1.0, 1.0, 1.0])
+    image = sphere_image(shape, affine, np.array([-8.0, 9.0, 8.0]))
+    np.testing.assert_array_equal(predictor.predict_array(image, affine) == 1, image > THRESHOLD)
+
+
+def test_wrong_channel_count_is_a_clear_error(plan: PreprocessingPlan, tmp_path: Path) -> None:
+    predictor = Predictor.from_checkpoints([make_checkpoint(tmp_path / "a.ckpt", plan)])
+    with pytest.raises(ValueError, match=r"expected \(C, X, Y, Z\) with C = 1 channels"):
+        predictor.predict_array(np.zeros((2, 8, 8, 8), np.float32), np.eye(4))

@@ -1,0 +1,164 @@
+"""Training runs on tiny phantoms: run directory contents, 2D/3D families, resume, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.config import from_dict
+from medseg.data.datamodule import load_or_make_split, make_split
+from medseg.data.synthetic import generate_dataset
+from medseg.training.run import best_checkpoint, train
+
+pytestmark = pytest.mark.slow
+
+TINY = [
+    "data.patch_size=[16,16,16]",
+    "data.batch_size=2",
+    "data.target_spacing=[4.0,4.0,4.0]",
+    "model.channels=[4,8]",
+    "trainer.max_epochs=2",
+    "trainer.steps_per_epoch=3",
+    "trainer.val_every_n_epochs=1",
+    "trainer.progress_bar=false",
+    "trainer.accelerator=cpu",
+]
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("phantoms")
+    return generate_dataset(out, cases=6, seed=3)
+
+
+def tiny_cfg(manifest: Path, *extra: str):
+    return from_dict({}, [f"data.manifest={manifest}", *TINY, *extra])
+
+
+def test_run_directory_contents(phantoms, tmp_path):
+    result = train(tiny_cfg(phantoms), tmp_path / "run")
+    run = tmp_path / "run"
+    for name in ("config.yaml", "preprocessing.json", "split.json", "run_manifest.json", "train_summary.json",
+                 "learning_curve.png", "logs/metrics.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
+        assert (run / name).exists(), name
+    assert list((run / "logs" / "tb").glob("events.*")), "no TensorBoard log"
+    manifest = json.loads((run / "run_manifest.json").read_text())
+    assert {"medseg", "monai", "torch", "pytorch_lightning", "seed", "config_sha256", "split_sha256"} <= set(manifest)
+    assert result.best_val_dice is not None and 0.0 <= result.best_val_dice <= 1.0
+    assert best_checkpoint(run) == run / "checkpoints" / "best.ckpt"
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_cfg(phantoms), run)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["model.name=attention_unet"],
+        ["model.name=residual_unet", "data.augmentation=limited_data"],
+        ["model.name=unet", "model.spatial_dims=2", "data.patch_size=[16,16]", "data.slab_slices=3"],
+        ["model.name=attention_unet", "model.spatial_dims=2", "data.patch_size=[16,16]", "data.slice_axis=0"],
+        ["model.name=dynunet", "model.channels=[4,8,16]", "model.deep_supervision=true", "loss.name=dice_focal"],
+    ],
+    ids=["attention3d", "residual3d_limited", "unet2.5d", "attention2d", "dynunet_ds"],
+)
+def test_families_train(phantoms, tmp_path, extra):
+    result = train(tiny_cfg(phantoms, *extra), tmp_path / "run")
+    assert result.best_checkpoint is not None and result.best_checkpoint.exists()
+
+
+def test_resume_continues_from_last_checkpoint(phantoms, tmp_path):
+    run = tmp_path / "run"
+    train(tiny_cfg(phantoms, "trainer.max_epochs=1"), run)
+    first = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert first["epoch"] == 0 and first["global_step"] == 3
+    train(tiny_cfg(phantoms, "trainer.max_epochs=2"), run, resume=True)
+    second = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert second["epoch"] == 1 and second["global_step"] == 6  # continued, not restarted
+
+
+def test_kill_mid_epoch_then_resume(phantoms, tmp_path):
+    """A training process killed mid-run resumes with --resume from the CLI."""
+    run = tmp_path / "run"
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("trainer:\n  max_epochs: 40\n")
+    args = [sys.executable, "-m", "medseg", "train", str(pipeline), "--data", str(phantoms), "--output", str(run)]
+    args += [a for s in TINY if not s.startswith("trainer.max_epochs") for a in ("--set", s)]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    last = run / "checkpoints" / "last.ckpt"
+    import time
+
+    deadline = time.time() + 120
+    while time.time() < deadline and not last.exists():
+        time.sleep(0.2)
+    time.sleep(1.0)
+    proc.kill()
+    proc.wait()
+    assert last.exists(), "no checkpoint was written before the kill"
+    done = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    assert done < 39
+    out = subprocess.run([*args, "--resume", "--set", "trainer.max_epochs=" + str(done + 2)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == done + 1
+
+
+def test_split_is_seeded_saved_and_reused(tmp_path):
+    names = [f"c{i}" for i in range(10)]
+    cfg = from_dict({"data": {"folds": 5, "fold": 2}})
+    split = make_split(names, cfg)
+    folds = split["all_folds"]
+    assert sorted(sum(folds, [])) == sorted(names) and all(len(f) == 2 for f in folds)
+    assert split["val"] == folds[2] and not set(split["val"]) & set(split["train"])
+    path = tmp_path / "split.json"
+    saved = load_or_make_split(path, names, cfg)
+    path.write_text(json.dumps({**saved, "val": ["c0", "c1"], "train": names[2:]}))
+    assert load_or_make_split(path, names, cfg)["val"] == ["c0", "c1"]  # reused, not recomputed
+    assert make_split(names, from_dict({"trainer": {"seed": 7}}))["val"] != make_split(names, cfg)["val"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP test runs on Linux CI")
+def test_ddp_two_cpu_processes_reduce_metrics_and_write_checkpoint_once(phantoms, tmp_path):
+    run = tmp_path / "ddp"
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text("name: ddp\n")
+    args = [sys.executable, "-m", "medseg", "train", str(pipeline), "--data", str(phantoms), "--output", str(run)]
+    for s in [*TINY, "trainer.strategy=ddp", "trainer.devices=2", "data.val_fraction=0.5"]:
+        args += ["--set", s]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert ckpts == ["best.ckpt", "last.ckpt"], ckpts  # one of each, written by rank 0 only
+    split = json.loads((run / "split.json").read_text())
+    rows = [r for r in csv.DictReader((run / "logs" / "metrics.csv").open()) if r.get("val/mean_dice")]
+    assert rows, "no validation logged"
+    # every validation case counted exactly once across the two ranks
+    assert float(rows[-1]["val/cases"]) == len(split["val"])
+    # the reduced Dice equals a single-process validation of the same weights
+    from medseg.data.datamodule import cached_case
+    from medseg.data.manifest import load_manifest
+    from medseg.data.preprocess import PreprocessingPlan
+    from medseg.inference.window import predict_probabilities
+    from medseg.training.module import case_dice, load_network
+
+    net, cfg, plan = load_network(run / "checkpoints" / "last.ckpt")
+    plan = PreprocessingPlan.load(run / "preprocessing.json")
+    manifest = load_manifest(phantoms)
+    sums, counts = np.zeros(3), np.zeros(3)
+    for name in split["val"]:
+        case = cached_case(manifest.case(name), plan, None)
+        pred = predict_probabilities(net, torch.from_numpy(case["image"]), cfg).argmax(0)
+        d, v = case_dice(pred, torch.from_numpy(case["label"].astype(np.int64)), plan.num_classes)
+        sums += d.numpy() * v.numpy()
+        counts += v.numpy()
+    expected = np.mean((sums / np.maximum(counts, 1))[counts > 0])
+    last_epoch = max(int(r["epoch"]) for r in rows)
+    logged = [float(r["val/mean_dice"]) for r in rows if int(r["epoch"]) == last_epoch][0]
+    assert logged == pytest.approx(expected, abs=1e-4)
