@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
+import operator
 import os
 import subprocess
 import sys
@@ -114,7 +116,7 @@ def test_split_is_seeded_saved_and_reused(tmp_path):
     cfg = from_dict({"data": {"folds": 5, "fold": 2}})
     split = make_split(names, cfg)
     folds = split["all_folds"]
-    assert sorted(sum(folds, [])) == sorted(names) and all(len(f) == 2 for f in folds)
+    assert sorted(functools.reduce(operator.iadd, folds, [])) == sorted(names) and all(len(f) == 2 for f in folds)
     assert split["val"] == folds[2] and not set(split["val"]) & set(split["train"])
     path = tmp_path / "split.json"
     saved = load_or_make_split(path, names, cfg)
@@ -160,5 +162,5 @@ def test_ddp_two_cpu_processes_reduce_metrics_and_write_checkpoint_once(phantoms
         counts += v.numpy()
     expected = np.mean((sums / np.maximum(counts, 1))[counts > 0])
     last_epoch = max(int(r["epoch"]) for r in rows)
-    logged = [float(r["val/mean_dice"]) for r in rows if int(r["epoch"]) == last_epoch][0]
+    logged = next(float(r["val/mean_dice"]) for r in rows if int(r["epoch"]) == last_epoch)
     assert logged == pytest.approx(expected, abs=1e-4)

@@ -1,0 +1,180 @@
+"""Training benchmark on the real Decathlon hippocampus data (issue: training).
+
+Three parts, each recorded in benchmarks/RESULTS.md ("## Training"):
+
+1. ``--main``: ``medseg train pipelines/hippocampus_3d.yaml`` for a wall-time budget
+   (default 30 min), then ``medseg predict`` on the held-out validation split in the
+   original geometry and ``medseg evaluate``: per-structure held-out Dice, wall time, peak
+   resident memory of the training process.
+2. ``--families``: the same for each network family (3D U-Net, attention, residual, 2D)
+   at ``--family-minutes`` each.
+3. ``--throughput``: steady-state training steps/s of medseg's loop (Lightning, cached
+   preprocessing, patch sampler, augmentation) against a plain MONAI loop (CacheDataset +
+   LoadImaged/Orientationd/Spacingd/NormalizeIntensityd/RandCropByPosNegLabeld + the same
+   flips/affine, plain PyTorch optimiser loop) with the same network, batch and patch,
+   measured in the same run.
+
+    python benchmarks/bench_training.py --data ../shared/data/Task04_Hippocampus --main --families --throughput
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _results import machine_line, update_section  # noqa: E402
+
+FAMILIES = {
+    "unet_3d": [],
+    "attention_unet_3d": ["model.name=attention_unet"],
+    "residual_unet_3d": ["model.name=residual_unet", "model.num_res_units=2"],
+    "unet_2d": ["model.spatial_dims=2", "data.patch_size=[56,40]", "data.slice_axis=0", "data.batch_size=16"],
+}
+
+
+def measured(cmd: list[str]) -> tuple[int, float, float]:
+    """Run ``cmd``; return (exit status, seconds, peak RSS in MB of the child)."""
+    probe = (
+        "import resource, subprocess, sys, json;"
+        "rc = subprocess.call(sys.argv[1:]);"
+        "print(json.dumps({'rc': rc, 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
+    )
+    start = time.time()
+    out = subprocess.run([sys.executable, "-c", probe, *cmd], stdout=subprocess.PIPE, text=True)
+    seconds = time.time() - start
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    return int(info["rc"]), seconds, info["maxrss_kb"] / 1024.0
+
+
+def held_out_manifest(run: Path, data: Path) -> Path:
+    """A CSV manifest of the run's validation cases (never seen in training)."""
+    split = json.loads((run / "split.json").read_text())
+    path = run / "heldout.csv"
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "label", "case", "split"])
+        for name in split["val"]:
+            w.writerow([data / "imagesTr" / f"{name}.nii.gz", data / "labelsTr" / f"{name}.nii.gz", name, "test"])
+    labels = json.loads((data / "dataset.json").read_text())["labels"]
+    (run / "heldout.labels.json").write_text(json.dumps({"labels": labels, "channel_names": ["MRI"]}))
+    return path
+
+
+def train_and_score(name: str, data: Path, out: Path, minutes: float, overrides: list[str]) -> dict:
+    run = out / name
+    cmd = [sys.executable, "-m", "medseg", "train", str(REPO / "pipelines" / "hippocampus_3d.yaml"),
+           "--data", str(data / "dataset.json"), "--output", str(run),
+           "--set", f"trainer.max_time_minutes={minutes}", "--set", "trainer.progress_bar=false"]
+    for o in overrides:
+        cmd += ["--set", o]
+    if (run / "train_summary.json").exists():
+        rc, seconds, peak = 0, json.loads((run / "train_summary.json").read_text())["seconds"], float("nan")
+    else:
+        rc, seconds, peak = measured(cmd)
+    if rc != 0:
+        return {"name": name, "error": f"training exited {rc}"}
+    manifest = held_out_manifest(run, data)
+    subprocess.run([sys.executable, "-m", "medseg", "predict", "--model", str(run), "--input", str(manifest),
+                    "--output", str(run / "heldout_pred")], check=True)
+    subprocess.run([sys.executable, "-m", "medseg", "evaluate", "--pred", str(run / "heldout_pred"),
+                    "--ref", str(manifest), "--output", str(run / "heldout_eval")], check=False)
+    rows = list(csv.DictReader((run / "heldout_eval" / "metrics.csv").open()))
+    per: dict[str, list[float]] = {}
+    for r in rows:
+        if r["dice"] not in ("", "nan"):
+            per.setdefault(r["structure"], []).append(float(r["dice"]))
+    dice = {k: sum(v) / len(v) for k, v in per.items()}
+    summary = json.loads((run / "train_summary.json").read_text())
+    return {"name": name, "dice": dice, "mean": sum(dice.values()) / len(dice), "cases": len(rows) // max(1, len(dice)),
+            "train_minutes": seconds / 60, "peak_mb": peak, "steps": summary.get("steps"), "overrides": overrides}
+
+
+def throughput(data: Path, steps: int) -> dict:
+    """Steady-state steps/s of medseg's loop vs a plain MONAI loop: same UNet, batch 4, patch 40x56x40."""
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    code = REPO / "benchmarks" / "_throughput.py"
+    res = {}
+    for which in ("medseg", "monai"):
+        out = subprocess.run([sys.executable, str(code), which, str(data), str(steps)], stdout=subprocess.PIPE, text=True, check=True)
+        res[which] = json.loads(out.stdout.strip().splitlines()[-1])
+    res["ratio"] = res["medseg"]["steps_per_s"] / res["monai"]["steps_per_s"]
+    return res
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "Task04_Hippocampus"))
+    p.add_argument("--output", default=str(REPO / "bench_output" / "training"))
+    p.add_argument("--minutes", type=float, default=30.0)
+    p.add_argument("--family-minutes", type=float, default=10.0)
+    p.add_argument("--throughput-steps", type=int, default=60)
+    p.add_argument("--main", action="store_true")
+    p.add_argument("--families", action="store_true")
+    p.add_argument("--throughput", action="store_true")
+    args = p.parse_args()
+    data, out = Path(args.data), Path(args.output)
+    if not (data / "dataset.json").exists():
+        print(f"{data}: no dataset.json; pass --data PATH/Task04_Hippocampus")
+        return 2
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if args.main:
+        results["main"] = train_and_score("main_3d", data, out, args.minutes, [])
+    if args.families:
+        results["families"] = {k: train_and_score(k, data, out, args.family_minutes, v) for k, v in FAMILIES.items()}
+        results["family_minutes"] = args.family_minutes
+    if args.throughput:
+        results["throughput"] = throughput(data, args.throughput_steps)
+    results_path.write_text(json.dumps(results, indent=2))
+    update_section("Training", render(results, args))
+    print(render(results, args))
+    return 0
+
+
+def _row(r: dict) -> str:
+    if "error" in r:
+        return f"| {r['name']} | {r['error']} | | | | |"
+    d = " / ".join(f"{v:.3f}" for v in r["dice"].values())
+    return (f"| {r['name']} | **{r['mean']:.3f}** ({d}) | {r['cases']} | {r['train_minutes']:.1f} | "
+            f"{r['steps']} | {r['peak_mb']:.0f} |")
+
+
+def render(results: dict, args: argparse.Namespace) -> str:
+    lines = [f"Machine: {machine_line()}. Python {platform.python_version()}.", ""]
+    head = ("| run | held-out mean fg Dice (Anterior / Posterior) | cases | train min | steps | peak RSS MB |\n"
+            "|---|---|---|---|---|---|")
+    if "main" in results:
+        lines += ["### Hippocampus (Task04), `pipelines/hippocampus_3d.yaml`", "",
+                  "Held-out = the pipeline's own seeded 20 % validation split (42 cases), predicted with "
+                  "`medseg predict` in the original geometry and scored with `medseg evaluate`.", "", head,
+                  _row(results["main"]), "",
+                  f"Command: `python benchmarks/bench_training.py --main --minutes {args.minutes:g}`", ""]
+    if "families" in results:
+        lines += [f"### Network families, {results.get('family_minutes', '?')} min each (same data, split, schedule)", "",
+                  head, *[_row(r) for r in results["families"].values()], "",
+                  f"Command: `python benchmarks/bench_training.py --families --family-minutes {results.get('family_minutes')}`", ""]
+    if "throughput" in results:
+        t = results["throughput"]
+        lines += ["### Training throughput vs a plain MONAI loop (same UNet, batch 4, patch 40x56x40, same run)", "",
+                  "| loop | steps/s | s/step |", "|---|---|---|",
+                  f"| medseg (Lightning, cached preprocessing) | {t['medseg']['steps_per_s']:.2f} | {1 / t['medseg']['steps_per_s']:.3f} |",
+                  f"| plain MONAI (CacheDataset + dict transforms + torch loop) | {t['monai']['steps_per_s']:.2f} | {1 / t['monai']['steps_per_s']:.3f} |",
+                  "", f"Ratio: medseg **{t['ratio']:.2f}x** the MONAI loop's throughput.", "",
+                  f"Command: `python benchmarks/bench_training.py --throughput --throughput-steps {args.throughput_steps}`", ""]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
