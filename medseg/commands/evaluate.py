@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"evaluated {cases['evaluated']} cases; wrote metrics.csv, cases.csv, summary.json, "
           f"report.html and report.md to {args.output}")
     for name, entry in summary["structures"].items():
-        dice = entry["metrics"]["dice"]
-        if dice["n"]:
+        dice = entry["dice"]
+        if dice["n"] and entry["empty_rules"]["both_empty"] < entry["n_cases"]:  # absent everywhere: skip
             print(f"  {name}: Dice {dice['mean']:.3f} ± {dice['std']:.3f} (n={dice['n']})")
     if summary["problems"]:
         print(f"{len(summary['problems'])} problem(s):", file=sys.stderr)

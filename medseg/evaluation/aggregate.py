@@ -64,7 +64,8 @@ def structure_summary(
     n_boot: int = 2000,
     seed: int = 0,
 ) -> dict[str, dict[str, object]]:
-    """Per structure: label id, number of cases, empty-rule counts and each metric's statistics."""
+    """Per structure name: ``label`` id, ``n_cases``, ``empty_rules`` (rule -> number of cases)
+    and, under each metric's name, its :func:`describe` statistics."""
     by_label: dict[int, list[StructureMetrics]] = {}
     for row in rows:
         by_label.setdefault(row.label, []).append(row)
@@ -72,11 +73,8 @@ def structure_summary(
     for label, name in sorted(structures.items()):
         mine = by_label.get(label, [])
         rules = {rule: sum(r.empty_rule == rule for r in mine) for rule in EMPTY_RULES}
-        out[name] = {
-            "label": label,
-            "n_cases": len(mine),
-            "empty_rules": rules,
-            "metrics": {m: describe([getattr(r, m) for r in mine], n_boot, seed) for m in metrics},
+        out[name] = {"label": label, "n_cases": len(mine), "empty_rules": rules} | {
+            m: describe([getattr(r, m) for r in mine], n_boot, seed) for m in metrics
         }
     return out
 

@@ -92,18 +92,20 @@ def load_pair(case: CaseInput, resample_pred: bool = False) -> tuple[Volume, Vol
 
 
 def _present(arr: np.ndarray) -> np.ndarray:
-    """Voxel count per label value (index = value)."""
-    return np.bincount(arr.reshape(-1), minlength=1)
+    """Voxel count per non-zero label value (index = value; index 0 is not counted)."""
+    return np.bincount(arr[arr != 0], minlength=1)  # foreground only: small temporaries
 
 
 def _unknown_labels(case: CaseInput, role: str, counts: np.ndarray, known: dict[int, str]) -> list[str]:
+    ids = sorted(known)
+    shown = ids if len(ids) <= 12 else [*ids[:6], "...", *ids[-3:]]
     out = []
     for value in np.flatnonzero(counts):
         if value != 0 and int(value) not in known:
             out.append(
                 f"{case.name}: {role} has label {int(value)} ({int(counts[value])} voxels), which is "
-                f"not in the label set {dict(sorted(known.items()))}; counted as background. Fix "
-                "the label map or add the label to the manifest"
+                f"not in the label set (ids {', '.join(map(str, shown))}); counted as background. "
+                "Fix the label map or add the label to the manifest"
             )
     return out
 
@@ -117,9 +119,7 @@ def evaluate_case(case: CaseInput, settings: Settings) -> CaseOutcome:
         return CaseOutcome(case.name, "failed", [str(err)], seconds=time.perf_counter() - start)
     ref_arr, pred_arr = np.ascontiguousarray(ref.array), np.ascontiguousarray(pred.array)
     ref_counts, pred_counts = _present(ref_arr), _present(pred_arr)
-    ids = sorted(
-        {int(v) for v in np.flatnonzero(ref_counts)} | {int(v) for v in np.flatnonzero(pred_counts)} - {0}
-    )
+    ids = sorted(({int(v) for v in np.flatnonzero(ref_counts)} | {int(v) for v in np.flatnonzero(pred_counts)}) - {0})
     problems: list[str] = []
     if settings.structures is None:
         structures = {i: f"label_{i}" for i in ids}

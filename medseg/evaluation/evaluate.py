@@ -47,6 +47,7 @@ from medseg.evaluation.case import CaseError, CaseOutcome, Settings, evaluate_ca
 from medseg.evaluation.inputs import (
     CaseInput,
     EvaluationInputError,
+    EvaluationInputs,
     resolve_inputs,
     resolve_tolerances,
 )
@@ -127,8 +128,8 @@ def _case_rows(inputs_cases: Sequence[CaseInput], outcomes: Sequence[CaseOutcome
     return header, rows
 
 
-def _overlays(cases: Mapping[str, CaseInput], worst: Sequence[Mapping[str, Any]], structures: Mapping[int, str],
-              resample_pred: bool, per_case: int = 2) -> dict[str, list[tuple[str, str]]]:
+def _overlays(cases: Mapping[str, CaseInput], worst: Sequence[Mapping[str, Any]], resample_pred: bool,
+              per_case: int = 2) -> dict[str, list[tuple[str, str]]]:
     """Overlay figures of the worst structures of the worst cases (re-reads their files)."""
     out: dict[str, list[tuple[str, str]]] = {}
     for entry in worst:
@@ -198,34 +199,50 @@ def evaluate(
     structures = inputs.structures or {
         i: f"label_{i}" for i in sorted({i for o in outcomes for i in o.label_ids})
     }
-    for o in outcomes:
+    for o in outcomes:  # every case reports every structure, absent ones as both_empty
         if o.metrics is not None:
             o.metrics = add_absent_structures(o.metrics, structures, tolerance, policy)
-    rows: list[StructureMetrics] = [r for o in outcomes if o.metrics for r in o.metrics.structures]
-    case_values = {o.name: o.metrics.values for o in outcomes if o.metrics is not None}
-    worst_by_case = worst_structures(rows)
-    worst = [
-        {"case": c, **{k: case_values[c][k] for k in ("mean_dice", "pixel_accuracy")},
-         "worst_structures": worst_by_case.get(c, [])}
-        for c in worst_cases(case_values, n_worst)
-    ]
-    problems = list(inputs.problems) + [p for o in outcomes for p in o.problems]
-    by_name = {c.name: c for c in inputs.cases}
-    summary: dict[str, Any] = {
+    rows = [r for o in outcomes if o.metrics for r in o.metrics.structures]
+    summary: dict[str, Any] = clean_json({  # type: ignore[assignment]
         "medseg_version": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "inputs": {"pred": str(pred_dir), "ref": str(ref), "labels": str(labels) if labels else None},
         "settings": {
-            "nsd_tolerance_mm": {structures.get(k, f"label_{k}") if k else "default": v for k, v in tolerance.items()}
-            if isinstance(tolerance, dict) else tolerance,
-            "empty_policy": policy.as_dict(), "resample_pred": resample_pred, "group_by": group_by,
-            "bootstrap": n_boot, "seed": seed, "workers": workers,
+            "nsd_tolerance_mm": _tolerance_names(tolerance, structures), "empty_policy": policy.as_dict(),
+            "resample_pred": resample_pred, "group_by": group_by, "bootstrap": n_boot, "seed": seed,
+            "workers": workers,
         },
+        **_summary(inputs, outcomes, rows, structures, n_worst, n_boot, seed, group_by),
+    })
+    _write_outputs(Path(output_dir), summary, rows, inputs, outcomes, structures, resample_pred)
+    return summary
+
+
+def _tolerance_names(tolerance: float | dict[int, float], structures: Mapping[int, str]) -> object:
+    if not isinstance(tolerance, dict):
+        return tolerance
+    return {structures.get(k, f"label_{k}") if k else "default": v for k, v in tolerance.items()}
+
+
+def _summary(inputs: EvaluationInputs, outcomes: Sequence[CaseOutcome], rows: Sequence[StructureMetrics],
+             structures: Mapping[int, str], n_worst: int, n_boot: int, seed: int,
+             group_by: str | None) -> dict[str, Any]:
+    """summary.json's cases, aggregates, worst cases, subgroups and problems."""
+    case_values = {o.name: o.metrics.values for o in outcomes if o.metrics is not None}
+    worst_by_case = worst_structures(rows)
+    worst = [
+        {"case": c, "mean_dice": case_values[c]["mean_dice"], "pixel_accuracy": case_values[c]["pixel_accuracy"],
+         "worst_structures": worst_by_case.get(c, [])}
+        for c in worst_cases(case_values, n_worst)
+    ]
+    problems = list(inputs.problems) + [p for o in outcomes for p in o.problems]
+    summary: dict[str, Any] = {
         "cases": {
             "evaluated": len(case_values),
             "failed": [o.name for o in outcomes if o.status == "failed"],
             "warnings": [o.name for o in outcomes if o.status == "warning"],
             "unmatched_pred": inputs.unmatched_pred, "missing_pred": inputs.missing_pred,
+            "unpredicted_splits": inputs.unpredicted_splits,
             "resampled": [o.name for o in outcomes if o.resampled],
         },
         "structures": structure_summary(rows, structures, n_boot=n_boot, seed=seed),
@@ -238,14 +255,11 @@ def evaluate(
     if group_by:
         groups = {c.name: c.metadata.get(group_by, "") for c in inputs.cases}
         summary["groups"] = {group_by: group_summary(rows, structures, groups, n_boot=n_boot, seed=seed)}
-    summary = clean_json(summary)  # type: ignore[assignment]
-    _write_outputs(Path(output_dir), summary, rows, inputs, outcomes, structures, by_name, resample_pred)
     return summary
 
 
-def _write_outputs(out: Path, summary: dict[str, Any], rows: Sequence[StructureMetrics], inputs: Any,
-                   outcomes: Sequence[CaseOutcome], structures: Mapping[int, str],
-                   by_name: Mapping[str, CaseInput], resample_pred: bool) -> None:
+def _write_outputs(out: Path, summary: dict[str, Any], rows: Sequence[StructureMetrics], inputs: EvaluationInputs,
+                   outcomes: Sequence[CaseOutcome], structures: Mapping[int, str], resample_pred: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.csv", _csv_text(COLUMNS, [r.as_row() for r in rows]))
     header, case_rows = _case_rows(inputs.cases, outcomes, inputs.unmatched_pred, inputs.missing_pred,
@@ -260,5 +274,5 @@ def _write_outputs(out: Path, summary: dict[str, Any], rows: Sequence[StructureM
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     atomic_write_text(out / "report.md", render_markdown(summary))
     plots = structure_plots(rows, structures)
-    overlays = _overlays(by_name, summary["worst_cases"], structures, resample_pred)
+    overlays = _overlays({c.name: c for c in inputs.cases}, summary["worst_cases"], resample_pred)
     atomic_write_text(out / "report.html", render_html(summary, plots, overlays))

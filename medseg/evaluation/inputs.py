@@ -4,7 +4,9 @@ Predictions are ``PRED_DIR/<case>.nii.gz`` (any image extension). The reference 
 of ``<case>`` label maps, or a manifest whose cases' ``label`` files are the references
 (training and test lists; the first image channel is shown under the overlays). Cases are
 matched by name; predictions without a reference and references without a prediction are
-listed, never silently dropped.
+listed, never silently dropped. With a manifest, a split none of whose cases has a
+prediction (the training cases, when the held-out test cases were predicted) is counted
+as not evaluated rather than as missing predictions.
 """
 
 from __future__ import annotations
@@ -42,11 +44,14 @@ class EvaluationInputs:
     unmatched_pred: list[str]
     """Predictions with no reference (not in the reference folder or manifest)."""
     missing_pred: list[str]
-    """References with no prediction."""
+    """References with no prediction (a problem)."""
     structures: dict[int, str] | None
     """Label id -> structure name (no background); None: named ``label_<id>`` from the data."""
     problems: list[str] = field(default_factory=list)
     metadata_columns: list[str] = field(default_factory=list)
+    unpredicted_splits: dict[str, int] = field(default_factory=dict)
+    """Manifest split -> number of cases, for the splits with no prediction at all (e.g. the
+    training cases when the held-out test cases were predicted): not evaluated, not a problem."""
 
 
 def _image_files(folder: Path, what: str) -> tuple[dict[str, Path], list[str]]:
@@ -95,6 +100,7 @@ def resolve_inputs(pred_dir: Path | str, ref: Path | str, labels: Path | str | N
     ref = Path(ref)
     images: dict[str, Path | None] = {}
     metadata: dict[str, dict[str, str]] = {}
+    split: dict[str, str] = {}
     structures: dict[int, str] | None = None
     no_label: list[str] = []
     if ref.is_dir() and not (ref / "dataset.json").exists():
@@ -103,26 +109,35 @@ def resolve_inputs(pred_dir: Path | str, ref: Path | str, labels: Path | str | N
     elif ref.exists():
         manifest = _load_manifest(ref, "--ref")
         refs = {}
-        for case in manifest.all_cases:
+        for split_name, case in [("training", c) for c in manifest.training] + [("test", c) for c in manifest.test]:
             if case.label is None:
                 no_label.append(case.name)
                 continue
             refs[case.name] = case.label
+            split[case.name] = split_name
             images[case.name] = case.images[0] if case.images else None
             metadata[case.name] = dict(case.metadata)
-        structures = structures_of(manifest)
+        structures = structures_of(manifest) or None  # a CSV without label names: from the data
     else:
         raise EvaluationInputError(f"{ref}: reference not found; pass a folder of label maps or a manifest")
     if labels is not None:
         label_manifest = _load_manifest(Path(labels), "--labels")
         structures = structures_of(label_manifest)
+        if not structures:
+            raise EvaluationInputError(
+                f"{labels}: the --labels manifest names no foreground structure; give it a 'labels' "
+                'mapping such as {"1": "liver"} (or a <name>.labels.json beside a CSV)'
+            )
         for case in label_manifest.all_cases:
             metadata.setdefault(case.name, dict(case.metadata))
-    if structures is not None and not structures:
-        raise EvaluationInputError(f"{labels or ref}: the manifest names no foreground structure")
     matched = sorted(set(preds) & set(refs))
     unmatched = sorted(set(preds) - set(refs))
-    missing = sorted(set(refs) - set(preds))
+    predicted_splits = {split[n] for n in matched if n in split}
+    unpredicted: dict[str, int] = {}
+    for name in sorted(set(refs) - set(preds)):
+        if name in split and split[name] not in predicted_splits:
+            unpredicted[split[name]] = unpredicted.get(split[name], 0) + 1
+    missing = sorted(n for n in set(refs) - set(preds) if n not in split or split[n] in predicted_splits)
     if not matched:
         raise EvaluationInputError(
             f"no case names match between predictions {pred_dir} ({_sample(preds)}) and "
@@ -138,7 +153,7 @@ def resolve_inputs(pred_dir: Path | str, ref: Path | str, labels: Path | str | N
         CaseInput(n, preds[n], refs[n], images.get(n), metadata.get(n, {})) for n in matched
     ]
     columns = sorted({k for c in cases for k in c.metadata})
-    return EvaluationInputs(cases, unmatched, missing, structures, problems, columns)
+    return EvaluationInputs(cases, unmatched, missing, structures, problems, columns, unpredicted)
 
 
 def _sample(names: Mapping[str, Path] | list[str], k: int = 3) -> str:
@@ -170,6 +185,11 @@ def resolve_tolerances(
             out[by_name[key]] = float(value)
         elif key.isdigit() or (key.startswith("label_") and key[6:].isdigit()):
             out[int(key.removeprefix("label_"))] = float(value)
+        elif not by_name:
+            raise EvaluationInputError(
+                f"NSD tolerance for {key!r}: structure names are known only from a manifest "
+                "(--ref MANIFEST or --labels MANIFEST); give a label id instead, e.g. 3=2.0"
+            )
         else:
             raise EvaluationInputError(
                 f"NSD tolerance for {key!r}: no structure of that name; expected one of "

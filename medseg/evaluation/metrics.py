@@ -54,7 +54,7 @@ import numpy as np
 from medseg.evaluation._surfel_areas import surfel_area_table
 from medseg.evaluation.boundary import boundary_iou
 from medseg.evaluation.policy import EmptyPolicy, EmptyRule, get_empty_policy
-from medseg.evaluation.surface import label_boxes, label_surface, surface_distances
+from medseg.evaluation.surface import Box, crop_surface, label_boxes, surface_distances
 
 COLUMNS: tuple[str, ...] = (
     "case", "label", "structure", "dice", "iou", "hd95", "assd", "nsd", "vol_ref_ml",
@@ -127,13 +127,14 @@ def confusion_matrix(ref: np.ndarray, pred: np.ndarray, ids: list[int]) -> np.nd
     Rows are reference classes, columns predicted classes; values not in ``ids`` count as
     background. Only voxels labelled in either map are binned; the rest is background.
     """
-    top = int(max(ref.max(initial=0), pred.max(initial=0), max(ids)))
+    r, p = ref.reshape(-1), pred.reshape(-1)
+    idx = np.flatnonzero(r | p)  # labelled in either map (unsigned: r | p != 0 iff either is)
+    r_idx, p_idx = r[idx], p[idx]
+    top = int(max(r_idx.max(initial=0), p_idx.max(initial=0), max(ids)))
     lut = np.zeros(top + 1, np.int64)
     lut[np.asarray(ids)] = np.arange(len(ids))
-    r, p = ref.reshape(-1), pred.reshape(-1)
-    idx = np.flatnonzero((r != 0) | (p != 0))
     c = len(ids)
-    flat = np.bincount(lut[r[idx]] * c + lut[p[idx]], minlength=c * c).astype(np.int64)
+    flat = np.bincount(lut[r_idx] * c + lut[p_idx], minlength=c * c).astype(np.int64)
     flat[0] += r.size - idx.size
     return flat.reshape(c, c)
 
@@ -169,6 +170,29 @@ def tolerance_for(nsd_tolerance: float | Mapping[int, float], label: int) -> flo
     return float(nsd_tolerance)
 
 
+def _present_metrics(
+    ref: np.ndarray, pred: np.ndarray, label: int, box_ref: Box, box_pred: Box,
+    spacing: tuple[float, float, float], table: np.ndarray, tol: float,
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Surface and boundary metrics of a structure present in both maps: each mask is cropped
+    to its own bounding box once, and its surface serves every distance metric."""
+    crop_ref, crop_pred = ref[box_ref] == label, pred[box_pred] == label
+    sr = crop_surface(crop_ref, _start(box_ref), ref.shape, spacing, table)  # type: ignore[arg-type]
+    sp = crop_surface(crop_pred, _start(box_pred), pred.shape, spacing, table)  # type: ignore[arg-type]
+    dist = surface_distances(sr, sp)
+    overlap = {
+        "nsd": dist.nsd(tol),
+        "boundary_f1": dist.boundary_f1(tol),
+        "boundary_iou": boundary_iou(crop_ref, box_ref, crop_pred, box_pred, spacing, tol),
+    }
+    distances = {"hd": dist.hausdorff(), "hd95": dist.percentile_hausdorff(95.0), "assd": dist.assd()}
+    return overlap, distances
+
+
+def _start(box: Box) -> tuple[int, int, int]:
+    return box[0].start, box[1].start, box[2].start
+
+
 def evaluate_arrays(
     ref: np.ndarray,
     pred: np.ndarray,
@@ -179,12 +203,14 @@ def evaluate_arrays(
     case: str = "",
     voxel_volume_mm3: float | None = None,
 ) -> CaseMetrics:
-    """Every metric of one case from two integer label maps (X, Y, Z) on the same grid.
+    """Every metric of one case from two unsigned-integer label maps (X, Y, Z) on one grid.
 
     ``structures``: label id -> name (background excluded). ``spacing``: mm along X, Y, Z.
     ``voxel_volume_mm3``: defaults to the product of the spacing (pass |det(affine)| for
     oblique grids). Returns a :class:`CaseMetrics`.
     """
+    if ref.dtype.kind != "u" or pred.dtype.kind != "u":
+        raise ValueError(f"{case}: label maps must be unsigned integer arrays, got {ref.dtype} and {pred.dtype}")
     if ref.shape != pred.shape or ref.ndim != 3:
         raise ValueError(f"{case}: reference shape {ref.shape} and prediction shape {pred.shape} "
                          "must be the same 3D shape")
@@ -208,19 +234,10 @@ def evaluate_arrays(
         tol = tolerance_for(nsd_tolerance, label)
         rule = _rule(n_ref, n_pred)
         if rule == "present":
-            sr = label_surface(ref, label, boxes_ref[label], spacing, table)
-            sp = label_surface(pred, label, boxes_pred[label], spacing, table)
-            dist = surface_distances(sr, sp)
-            overlap = {
-                "dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn),
-                "nsd": dist.nsd(tol), "boundary_f1": dist.boundary_f1(tol),
-                "boundary_iou": boundary_iou(
-                    ref[boxes_ref[label]] == label, boxes_ref[label],
-                    pred[boxes_pred[label]] == label, boxes_pred[label], spacing, tol,
-                ),
-            }
-            distances = {"hd": dist.hausdorff(), "hd95": dist.percentile_hausdorff(95.0),
-                         "assd": dist.assd()}
+            overlap, distances = _present_metrics(
+                ref, pred, label, boxes_ref[label], boxes_pred[label], spacing, table, tol
+            )
+            overlap |= {"dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn)}
         else:
             o_value, d_value = policy.values(rule, diagonal)
             overlap = dict.fromkeys(OVERLAP_METRICS, o_value)

@@ -40,11 +40,13 @@ def to_base64_png(fig: Figure, dpi: int = 90) -> str:
 
 def metric_plot(rows: Sequence[StructureMetrics], metric: str, structures: Sequence[str]) -> str | None:
     """Box plot with the individual cases as points, one row per structure; None if no data."""
+    by_structure: dict[str, list[float]] = {}
+    for r in rows:
+        by_structure.setdefault(r.structure, []).append(getattr(r, metric))
     data = []
     names = []
     for name in structures:
-        values = [getattr(r, metric) for r in rows if r.structure == name]
-        finite = [v for v in values if math.isfinite(v)]
+        finite = [v for v in by_structure.get(name, []) if math.isfinite(v)]
         if finite:
             data.append(finite)
             names.append(name)
@@ -140,8 +142,10 @@ def overlay_figure(
 
 def structure_plots(rows: Sequence[StructureMetrics], structures: Mapping[int, str],
                     metrics: Sequence[str] = ("dice", "hd95", "nsd", "assd")) -> dict[str, str]:
-    """metric -> base64 PNG of :func:`metric_plot`, for the metrics that have data."""
-    names = [structures[i] for i in sorted(structures)]
+    """metric -> base64 PNG of :func:`metric_plot`, for the metrics that have data; structures
+    absent from every reference and prediction are left out."""
+    seen = {r.label for r in rows if r.empty_rule != "both_empty"}
+    names = [structures[i] for i in sorted(structures) if i in seen]
     out = {}
     for metric in metrics:
         png = metric_plot(rows, metric, names)

@@ -21,6 +21,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2e
 h1 { font-size: 1.6em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; font-size: .85em; margin: .5em 0 1em; }
 th, td { border: 1px solid #d0d0d0; padding: .25em .5em; text-align: right; }
+td { white-space: nowrap; } .scroll { overflow-x: auto; }
 th { background: #f2f4f7; } td.name, th.name { text-align: left; }
 .problems { background: #fff4f4; border: 1px solid #e8a0a0; padding: .5em 1em; }
 .meta { color: #555; font-size: .9em; } img { max-width: 100%; }
@@ -69,6 +70,20 @@ def _rules(entry: Mapping[str, Any]) -> list[str]:
     return [str(entry["empty_rules"][r]) for r in EMPTY_RULES]
 
 
+def _absent_everywhere(entry: Mapping[str, Any]) -> bool:
+    return bool(entry["n_cases"]) and entry["empty_rules"]["both_empty"] == entry["n_cases"]
+
+
+def absent_note(structures: Mapping[str, Any]) -> str:
+    """A sentence naming the structures absent from every reference and prediction ('' if none);
+    the tables leave them out (summary.json keeps them)."""
+    names = [n for n, e in structures.items() if _absent_everywhere(e)]
+    if not names:
+        return ""
+    return (f"{len(names)} structures are absent from every reference and prediction (rule both empty "
+            f"in all cases) and are left out of the table: {', '.join(names)}.")
+
+
 def structure_table_rows(structures: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     """Header and rows of the per-structure summary table (shared by HTML and Markdown)."""
     header = ["structure", "n", *(RULE_LABELS[r] for r in EMPTY_RULES), "Dice mean ± sd",
@@ -76,10 +91,11 @@ def structure_table_rows(structures: Mapping[str, Any]) -> tuple[list[str], list
               "HD95 median (mm)", "ASSD mean (mm)", "NSD mean ± sd", "NSD 95% CI",
               "ref vol. mean (mL)", "rel. vol. diff. mean"]
     rows = []
-    for name, entry in structures.items():
-        m = entry["metrics"]
+    for name, m in structures.items():
+        if _absent_everywhere(m):
+            continue
         rows.append([
-            name, str(entry["n_cases"]), *_rules(entry), _mean_std(m["dice"]), _median_iqr(m["dice"]),
+            name, str(m["n_cases"]), *_rules(m), _mean_std(m["dice"]), _median_iqr(m["dice"]),
             _ci(m["dice"]), fmt(m["iou"]["mean"]), _mean_std(m["hd95"], 2), fmt(m["hd95"]["median"], 2),
             fmt(m["assd"]["mean"], 2), _mean_std(m["nsd"]), _ci(m["nsd"]), fmt(m["vol_ref_ml"]["mean"], 1),
             fmt(m["rel_vol_diff"]["mean"]),
@@ -94,7 +110,7 @@ def _html_table(header: Sequence[str], rows: Sequence[Sequence[str]], name_cols:
 
     head = "".join(cell("th", i, h) for i, h in enumerate(header))
     body = "".join("<tr>" + "".join(cell("td", i, c) for i, c in enumerate(r)) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -129,6 +145,8 @@ def _settings_lines(summary: Mapping[str, Any]) -> list[str]:
         f"Reference: {inputs['ref']}" + (f" (labels: {inputs['labels']})" if inputs.get("labels") else ""),
         f"Cases evaluated: {cases['evaluated']} (failed {len(cases['failed'])}, predictions without "
         f"reference {len(cases['unmatched_pred'])}, references without prediction {len(cases['missing_pred'])})",
+        *(f"Not evaluated: the manifest's {split} split ({n} cases), which has no prediction"
+          for split, n in cases.get("unpredicted_splits", {}).items()),
         f"NSD / boundary tolerance (mm): {s['nsd_tolerance_mm']}",
         f"Empty-structure policy: {policy['name']}: {policy['description']}",
         f"Confidence intervals: percentile bootstrap of the mean over cases, {s['bootstrap']} resamples",
@@ -168,6 +186,8 @@ def render_html(
     parts += ['<h2 id="summary">Summary per structure</h2>',
               "<p>Means leave out NaN values; the empty-rule columns count the cases under each "
               "rule of the empty-structure policy.</p>", _html_table(header, rows)]
+    if note := absent_note(summary["structures"]):
+        parts.append(f"<p>{e(note)}</p>")
     header, rows = case_metric_rows(summary["case_metrics"])
     parts += ["<h2 id=\"cases\">Per-case metrics</h2>", _html_table(header, rows)]
     for title, header, rows in _group_sections(summary, "Subgroup"):
@@ -195,6 +215,8 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         lines += ["## Problems", "", *(f"- {p}" for p in summary["problems"]), ""]
     header, rows = structure_table_rows(summary["structures"])
     lines += ["## Summary per structure", "", _md_table(header, rows), ""]
+    if note := absent_note(summary["structures"]):
+        lines += [note, ""]
     header, rows = case_metric_rows(summary["case_metrics"])
     lines += ["## Per-case metrics", "", _md_table(header, rows), ""]
     for title, header, rows in _group_sections(summary, "Subgroup"):

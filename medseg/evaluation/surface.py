@@ -20,6 +20,11 @@ whole bounding box of A and B. The distance transform costs the volume of that b
 when a false positive lies far away); the tree costs only the number of surface corners.
 Each surface is computed once and serves every distance metric of its structure.
 
+Why not MONAI's metrics: its Hausdorff and surface distances use voxel-edge points without
+surfel areas (only its surface Dice has a subvoxel option), so HD95 and ASSD differ from
+this definition, and every metric recomputes the edges and distance transforms (tens of
+times slower; see benchmarks/RESULTS.md, "Evaluation").
+
 Arrays are (X, Y, Z) voxel order; spacings are mm along those axes.
 """
 
@@ -102,15 +107,14 @@ def crop_surface(
     m = np.asarray(crop.shape)
     padded = np.zeros(m + 2, np.uint8)
     padded[1:-1, 1:-1, 1:-1] = crop
-    n0, n1, n2 = (int(v) for v in m + 1)
-    codes = np.zeros((n0, n1, n2), np.uint8)
-    for a in (0, 1):
-        for b in (0, 1):
-            for c in (0, 1):
-                bit = np.uint8(7 - (4 * a + 2 * b + c))
-                codes |= padded[a : a + n0, b : b + n1, c : c + n2] << bit
+    # Code bit 7 - (4a + 2b + c) is the voxel at offset (a, b, c) of the corner's 2x2x2 cell,
+    # packed one axis at a time (3 shifted ORs instead of 8): Z pairs, then Y, then X.
+    pairs = (padded[:, :, :-1] << 1) | padded[:, :, 1:]
+    quads = (pairs[:, :-1, :] << 2) | pairs[:, 1:, :]
+    codes = (quads[:-1] << 4) | quads[1:]
+    n0, n1, n2 = codes.shape
     flat = codes.ravel()
-    local = np.flatnonzero((flat != 0) & (flat != 255))
+    local = np.flatnonzero((flat - np.uint8(1)) < 254)  # neither 0 (outside) nor 255 (inside)
     ijk = np.stack(np.unravel_index(local, (n0, n1, n2)), axis=1)
     ijk += np.asarray(offset, dtype=ijk.dtype)
     grid = tuple(int(s) + 1 for s in shape)
@@ -205,7 +209,7 @@ class SurfaceDistances:
         total = self.ref_areas.sum() + self.pred_areas.sum()
         if total == 0:
             return np.nan
-        weighted = np.dot(self.ref_to_pred, self.ref_areas) + np.dot(self.pred_to_ref, self.pred_areas)
+        weighted = (self.ref_to_pred * self.ref_areas).sum() + (self.pred_to_ref * self.pred_areas).sum()
         return float(weighted / total)
 
     def overlap_at(self, tolerance_mm: float) -> tuple[float, float]:

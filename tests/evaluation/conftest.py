@@ -8,12 +8,13 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from evaluation_helpers import import_surface_distance
 from scipy import ndimage
 
 from medseg.data.io import read_label, write_label
 from medseg.data.manifest import load_manifest
 from medseg.data.synthetic import generate_dataset
+
+from .evaluation_helpers import import_surface_distance
 
 
 @pytest.fixture(scope="session")
@@ -55,3 +56,14 @@ def phantoms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     csv_path.write_text("\n".join(lines) + "\n")
     (root / "cases.labels.json").write_text(json.dumps({"labels": {"1": "organ", "2": "lesion", "3": "vessel"}}))
     return {"root": root, "manifest": manifest_path, "pred": pred_dir, "csv": csv_path}
+
+
+@pytest.fixture(scope="session")
+def evaluated(phantoms: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """``evaluate`` on the phantoms (CSV manifest, grouped by site, 2 workers): (output, summary)."""
+    from medseg.evaluation.evaluate import evaluate
+
+    out = tmp_path_factory.mktemp("evaluated")
+    summary = evaluate(phantoms["pred"], phantoms["csv"], out, workers=2, group_by="site", progress=False,
+                       n_boot=200)
+    return out, summary

@@ -62,7 +62,7 @@ def test_structure_summary_counts_rules() -> None:
     s1 = out["s1"]
     assert s1["n_cases"] == 3 and s1["label"] == 1
     assert s1["empty_rules"] == {"present": 1, "both_empty": 1, "missed": 1, "false_positive": 0}
-    assert s1["metrics"]["dice"]["n"] == 2 and s1["metrics"]["dice"]["n_missing"] == 1  # type: ignore[index]
+    assert s1["dice"]["n"] == 2 and s1["dice"]["n_missing"] == 1  # type: ignore[index]
     assert out["s3"]["n_cases"] == 0
 
 
@@ -71,7 +71,7 @@ def test_group_summary() -> None:
     groups = group_summary(rows, {1: "s1"}, {"c1": "A", "c2": "A", "c3": ""}, n_boot=50)
     assert set(groups) == {"A", "(missing)"}
     assert groups["A"]["n_cases"] == 2
-    assert groups["A"]["structures"]["s1"]["metrics"]["dice"]["mean"] == pytest.approx(0.7)  # type: ignore[index]
+    assert groups["A"]["structures"]["s1"]["dice"]["mean"] == pytest.approx(0.7)  # type: ignore[index]
 
 
 def test_worst_cases_and_structures() -> None:

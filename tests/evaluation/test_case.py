@@ -96,11 +96,11 @@ def test_resample_nearest_downsampled() -> None:
     fine = Volume(np.zeros((8, 8, 8), np.uint8), np.eye(4))
     coarse = np.zeros((4, 4, 4), np.uint8)
     coarse[1, 1, 1] = 3
-    out = resample_nearest(Volume(coarse, np.diag([2.0, 2.0, 2.0, 1.0])), fine)
+    coarse_affine = np.diag([2.0, 2.0, 2.0, 1.0])
+    coarse_affine[:3, 3] = 0.25  # no nearest-neighbour ties: fine voxel i is at (i - 0.25) / 2
+    out = resample_nearest(Volume(coarse, coarse_affine), fine)
     assert out.shape == (8, 8, 8) and out.dtype == np.uint8
-    # fine voxel i sits at coarse coordinate i / 2: voxels 2 (exactly 1.0) and 3 (1.5, the
-    # nearest-neighbour tie) map to coarse voxel 1 along each axis
-    assert out[2, 2, 2] == 3 and out[1, 1, 1] == 0 and out[4, 4, 4] == 0
+    assert np.argwhere(out == 3).tolist() == [[a, b, c] for a in (2, 3) for b in (2, 3) for c in (2, 3)]
 
 
 def test_unknown_label_warns(tmp_path: Path) -> None:

@@ -82,3 +82,40 @@ def test_tolerances() -> None:
         resolve_tolerances(0.0, structures)
     with pytest.raises(EvaluationInputError, match="positive"):
         resolve_tolerances({"liver": -1.0}, structures)
+
+
+def test_a_split_without_predictions_is_not_missing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _write(data, "imagesTr/t1.nii.gz", "labelsTr/t1.nii.gz", "imagesTr/t2.nii.gz", "labelsTr/t2.nii.gz",
+           "imagesTs/s1.nii.gz", "labelsTs/s1.nii.gz", "imagesTs/s2.nii.gz", "labelsTs/s2.nii.gz")
+    manifest = {
+        "labels": {"0": "background", "1": "organ"},
+        "training": [{"image": f"imagesTr/{n}.nii.gz", "label": f"labelsTr/{n}.nii.gz"} for n in ("t1", "t2")],
+        "test": [{"image": f"imagesTs/{n}.nii.gz", "label": f"labelsTs/{n}.nii.gz"} for n in ("s1", "s2")],
+    }
+    (data / "dataset.json").write_text(json.dumps(manifest))
+    _write(tmp_path / "pred", "s1.nii.gz", "s2.nii.gz")
+    found = resolve_inputs(tmp_path / "pred", data / "dataset.json")
+    assert found.missing_pred == [] and not found.problems
+    assert found.unpredicted_splits == {"training": 2}
+    # within a split that was predicted, a missing case is a problem
+    (tmp_path / "pred" / "s2.nii.gz").unlink()
+    _write(tmp_path / "pred", "t1.nii.gz")
+    found = resolve_inputs(tmp_path / "pred", data / "dataset.json")
+    assert found.missing_pred == ["s2", "t2"] and found.unpredicted_splits == {}
+
+
+def test_tolerance_names_need_a_manifest() -> None:
+    assert resolve_tolerances({"3": 2.0}, None) == {0: 1.0, 3: 2.0}
+    with pytest.raises(EvaluationInputError, match="known only from a manifest"):
+        resolve_tolerances({"liver": 2.0}, None)
+
+
+def test_csv_reference_without_label_names(tmp_path: Path) -> None:
+    _write(tmp_path / "data", "img.nii.gz", "lab.nii.gz")
+    (tmp_path / "data" / "cases.csv").write_text("case,image,label,site\nc1,img.nii.gz,lab.nii.gz,A\n")
+    _write(tmp_path / "pred", "c1.nii.gz")
+    found = resolve_inputs(tmp_path / "pred", tmp_path / "data" / "cases.csv")
+    assert found.structures is None and found.metadata_columns == ["site"]  # names come from the data
+    with pytest.raises(EvaluationInputError, match="names no foreground structure"):
+        resolve_inputs(tmp_path / "pred", tmp_path / "data" / "cases.csv", labels=tmp_path / "data" / "cases.csv")

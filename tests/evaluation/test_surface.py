@@ -8,15 +8,15 @@ from types import ModuleType
 
 import numpy as np
 import pytest
-from evaluation_helpers import perturb, random_labels
 
 from medseg.evaluation.surface import (
     compute_surface_distances,
     label_boxes,
     label_surface,
     mask_surface,
-    surface_distances,
 )
+
+from .evaluation_helpers import perturb, random_labels
 
 pytestmark = pytest.mark.filterwarnings("ignore:Please import:DeprecationWarning")
 

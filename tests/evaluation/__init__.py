@@ -1,0 +1,1 @@
+"""Tests of medseg.evaluation (a package, so its test module names cannot clash with other folders')."""
