@@ -69,7 +69,7 @@ def input_reference(case: InputCase) -> Volume:
     src = case.sources[0]
     if src.is_file() and src.name.lower().endswith(NIFTI_SUFFIXES):
         try:
-            img = nib.load(str(src))
+            img: Any = nib.load(str(src))
         except Exception as err:
             raise ImageReadError(f"{src}: unreadable NIfTI ({type(err).__name__}: {err})") from err
         shape = tuple(int(s) for s in img.shape[:3])
@@ -88,7 +88,7 @@ def check_nifti_output(path: Path, reference: Volume) -> None:
     Compares shape, affine (1e-5 mm), and when the input is NIfTI its qform/sform and codes.
     """
     try:
-        img = nib.load(str(path))
+        img: Any = nib.load(str(path))
         data = np.asanyarray(img.dataobj)  # a full read also detects truncated .gz files
     except Exception as err:
         raise ValueError(f"{path}: unreadable output ({type(err).__name__}: {err})") from err
@@ -125,7 +125,7 @@ def outputs_valid(paths: Sequence[Path], case: InputCase) -> bool:
                 check_dicom_seg(path, reference)
             else:
                 check_nifti_output(path, reference)
-    except (ValueError, OSError):
+    except Exception:  # anything wrong with an old output means: predict again
         return False
     return True
 
@@ -145,6 +145,10 @@ def predict_case(
                 "source slices); use --format nifti for this case"
             )
         volume = read_case(case, len(predictor.channel_names))
+        if fmt != "nifti":
+            from medseg.inference.dicom_seg import load_sources
+
+            load_sources(volume.dicom_files)  # fail before predicting if no SEG can be written
         labels = predictor.predict_volume(volume)
         reference = Volume(_shape_only(volume.spatial_shape), volume.affine, volume.header, volume.source,
                            volume.dicom_files)

@@ -61,6 +61,33 @@ def to_frames(labels: np.ndarray, label_map: Mapping[str, int]) -> np.ndarray:
     return np.ascontiguousarray(lut[labels].transpose(2, 1, 0))
 
 
+def load_sources(files: Sequence[str]) -> list:  # list[pydicom.Dataset]
+    """The source slices' headers, checked to be referenceable by a SEG.
+
+    A missing SOP Class/Instance UID is taken from the file meta information (the same
+    values by definition). A missing Study/Series/Frame of Reference UID (e.g. after a
+    careless anonymisation) cannot be recovered and is a :class:`DicomSegError`.
+    """
+    import pydicom
+
+    sources = []
+    for f in files:
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        meta = getattr(ds, "file_meta", None)
+        for attr, meta_attr in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not ds.get(attr) and meta is not None and meta.get(meta_attr):
+                setattr(ds, attr, meta.get(meta_attr))
+        missing = [a for a in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID",
+                               "FrameOfReferenceUID") if not ds.get(a)]
+        if missing:
+            raise DicomSegError(
+                f"{f}: {', '.join(missing)} empty or missing, so a DICOM-SEG cannot reference this series "
+                "(anonymised without new UIDs?); restore the UIDs or use --format nifti"
+            )
+        sources.append(ds)
+    return sources
+
+
 def write_dicom_seg(
     path: Path | str,
     labels: np.ndarray,
@@ -75,7 +102,6 @@ def write_dicom_seg(
     k of the array = file k). Atomic write.
     """
     import highdicom as hd
-    import pydicom
 
     files = list(source_files or reference.dicom_files)
     if not files:
@@ -88,7 +114,7 @@ def write_dicom_seg(
             f"{reference.source}: label map {labels.shape} does not match the series "
             f"({reference.spatial_shape}, {len(files)} slice files)"
         )
-    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+    sources = load_sources(files)
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=to_frames(labels, label_map),

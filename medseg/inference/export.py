@@ -78,10 +78,12 @@ def export_model(model: Path | str, output: Path | str, formats: tuple[str, ...]
     with torch.no_grad():
         reference = wrapped(example)  # the network runs at its patch size
         if "torchscript" in formats:
-            with warnings.catch_warnings():
+            # TorchScript is deprecated from torch 2.10 on but still the format most C++/Triton
+            # deployments load; ONNX is the longer-lived alternative (--format onnx).
+            with warnings.catch_warnings(), atomic_path(output / FILES["torchscript"]) as tmp:
                 warnings.simplefilter("ignore", torch.jit.TracerWarning)
+                warnings.simplefilter("ignore", DeprecationWarning)
                 traced = torch.jit.trace(wrapped, example, check_trace=False)
-            with atomic_path(output / FILES["torchscript"]) as tmp:
                 torch.jit.save(traced, str(tmp))
         if "onnx" in formats:
             _export_onnx(wrapped, example, output / FILES["onnx"], cfg.model.spatial_dims)
@@ -160,7 +162,9 @@ def load_exported(
         raise FileNotFoundError(f"{folder}: export holds {sorted(files)}, not {kind}; re-export with --format {kind}")
     cfg, plan = from_dict(meta["config"]), PreprocessingPlan(**meta["plan"])
     if kind == "torchscript":
-        net: torch.nn.Module = torch.jit.load(str(folder / files[kind]), map_location=device)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            net: torch.nn.Module = torch.jit.load(str(folder / files[kind]), map_location=device)
     else:
         net = OnnxNetwork(folder / files[kind])
     return net.eval(), cfg, plan

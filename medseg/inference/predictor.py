@@ -110,7 +110,6 @@ class Predictor:
             raise ValueError(f"sw_batch_size {sw_batch_size}: expected a positive number of windows")
         self.plan = plan
         self.models = [dataclasses.replace(m, cfg=self._override(m.cfg, tta, overlap, sw_batch_size)) for m in models]
-        self.tta = [bool(m.cfg.inference.tta) for m in self.models]
         self.spec: PredictorSpec | None = None
         self.post: PostprocessSpec = (
             resolve_spec(self.models[0].cfg.inference, plan.labels) if apply_postprocess else PostprocessSpec()
@@ -118,9 +117,14 @@ class Predictor:
 
     @staticmethod
     def _override(cfg: PipelineConfig, tta: bool | None, overlap: float | None, sw: int | None) -> PipelineConfig:
-        inf = cfg.inference
-        changes = {k: v for k, v in (("tta", tta), ("overlap", overlap), ("sw_batch_size", sw)) if v is not None}
-        return dataclasses.replace(cfg, inference=dataclasses.replace(inf, **changes)) if changes else cfg
+        inf = dataclasses.replace(cfg.inference)
+        if tta is not None:
+            inf.tta = tta
+        if overlap is not None:
+            inf.overlap = overlap
+        if sw is not None:
+            inf.sw_batch_size = sw
+        return dataclasses.replace(cfg, inference=inf)
 
     @classmethod
     def from_spec(cls, spec: PredictorSpec) -> Predictor:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from inference_helpers import LABELS, make_checkpoint
 
 from medseg.data.preprocess import PreprocessingPlan
+from tests.inference.inference_helpers import LABELS, make_checkpoint
 
 
 @pytest.fixture

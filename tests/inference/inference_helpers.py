@@ -98,7 +98,6 @@ def write_dicom_series(
     series_uid: str | None = None,
 ) -> list[Path]:
     """An axial CT series (one file per Z slice) from an (X, Y, Z) int16 array, LPS patient space."""
-    import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from inference_helpers import rotation, save_nifti, write_dicom_series
 
 from medseg.cli import main
 from medseg.data.io import read_volume
@@ -18,6 +17,7 @@ from medseg.inference import batch
 from medseg.inference.batch import check_nifti_output, predict_batch
 from medseg.inference.inputs import find_cases
 from medseg.inference.predictor import Predictor
+from tests.inference.inference_helpers import rotation, save_nifti, write_dicom_series
 
 BROKEN = ("corrupt", "truncated", "empty", "nan", "flat2d", "five_d", "text")
 
@@ -118,6 +118,9 @@ def test_all_good_inputs_exit_zero_and_single_file_input(tmp_path: Path, checkpo
                  "--overlap", "0.25", "--sw-batch-size", "2", "--device", "cpu"]) == 0
     _same_header(out / "one.nii.gz", src)
     assert _log(out)["one"]["status"] == "ok"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "one.nii.gz").stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
 
 
 def test_unusable_model_or_input_exit_2(tmp_path: Path, checkpoint: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -198,3 +201,30 @@ def test_progress_bar_shows_case_and_time(tmp_path: Path, checkpoint: Path, caps
     predict_batch(predictor, find_cases(src, ["image"]), tmp_path / "out", progress=True)
     err = capsys.readouterr().err
     assert "predict: 100%" in err and "1/1" in err and "p: ok" in err
+
+
+def test_multichannel_ensemble_with_tta_from_nnunet_folder_and_manifest(tmp_path: Path) -> None:
+    from medseg.data.preprocess import PreprocessingPlan
+    from tests.inference.inference_helpers import make_checkpoint
+
+    plan = PreprocessingPlan(target_spacing=[1.5, 1.5, 1.5], normalization="zscore", channel_names=["T1", "T2"],
+                             labels={"background": 0, "tumour": 1})
+    folds = [make_checkpoint(tmp_path / f"fold_{k}" / "checkpoints" / "best.ckpt", plan, seed=k) for k in (0, 1)]
+    rng = np.random.default_rng(4)
+    affine = np.diag([-1.0, -1.0, 1.2, 1.0])
+    for ch in (0, 1):
+        save_nifti(tmp_path / "imagesTs" / f"brain_{ch:04d}.nii.gz", rng.random((16, 14, 12)).astype(np.float32), affine)
+    models = [a for f in folds for a in ("--model", str(f.parents[1]))]
+    out = tmp_path / "out"
+    assert main(["predict", *models, "--input", str(tmp_path / "imagesTs"), "--output", str(out), "--tta", "--quiet"]) == 0
+    _same_header(out / "brain.nii.gz", tmp_path / "imagesTs" / "brain_0000.nii.gz")
+    config = (out / "predict_config.json").read_text()
+    assert "fold_0" in config and "fold_1" in config and '"tta": true' in config
+    # The same case through a CSV manifest listing the channels.
+    (tmp_path / "cases.csv").write_text("case,image,image_t2,split\nbrain,imagesTs/brain_0000.nii.gz,"
+                                        "imagesTs/brain_0001.nii.gz,test\n")
+    out2 = tmp_path / "out2"
+    assert main(["predict", *models, "--input", str(tmp_path / "cases.csv"), "--output", str(out2), "--tta",
+                 "--quiet"]) == 0
+    np.testing.assert_array_equal(np.asanyarray(nib.load(str(out2 / "brain.nii.gz")).dataobj),
+                                  np.asanyarray(nib.load(str(out / "brain.nii.gz")).dataobj))

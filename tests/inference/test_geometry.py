@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from medseg.data.preprocess import PreprocessingPlan, prepare_case
 from medseg.inference import geometry
-from medseg.inference.geometry import labels_to_input, linear_taps, resample_argmax
+from medseg.inference.geometry import labels_to_input, linear_taps, resample_argmax, running_argmax
 
 
 @pytest.mark.parametrize(("n_in", "n_out"), [(7, 13), (13, 7), (5, 5), (1, 4), (10, 3)])
@@ -35,6 +35,12 @@ def test_resample_argmax_equals_full_trilinear(
     out = resample_argmax(probs, dst)
     assert out.shape == dst and out.dtype == np.uint8
     np.testing.assert_array_equal(out, ref)
+
+
+def test_running_argmax_equals_argmax_including_ties() -> None:
+    scores = torch.randint(0, 3, (2, 5, 7, 6)).float()  # many ties: the first class must win
+    np.testing.assert_array_equal(running_argmax(scores).numpy(), scores.argmax(1).numpy())
+    assert running_argmax(scores).dtype == torch.uint8
 
 
 @pytest.mark.parametrize("codes", ["LPS", "PIR", "ASL"])

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from inference_helpers import save_nifti, write_dicom_series
 
 from medseg.data.io import ImageReadError
 from medseg.inference.inputs import InputCase, InputError, find_cases, read_case
+from tests.inference.inference_helpers import save_nifti, write_dicom_series
 
 
 def _img(path: Path, shape: tuple[int, ...] = (6, 5, 4), value: float = 1.0) -> Path:

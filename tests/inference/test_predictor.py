@@ -7,10 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from inference_helpers import ThresholdNet, dice, make_checkpoint, rotation, sphere_image, threshold_predictor, tiny_config
 
 from medseg.data.preprocess import PreprocessingPlan
 from medseg.inference.predictor import LoadedModel, Predictor
+from tests.inference.inference_helpers import (
+    ThresholdNet,
+    dice,
+    make_checkpoint,
+    rotation,
+    sphere_image,
+    threshold_predictor,
+    tiny_config,
+)
 
 THRESHOLD = 88.0  # 100 - radius 12 mm
 
@@ -104,7 +112,7 @@ def test_tta_and_window_overrides(plan: PreprocessingPlan, tmp_path: Path) -> No
     prepared = predictor.prepare(np.random.default_rng(1).random((12, 12, 12)).astype(np.float32), np.eye(4))
     probs = predictor.probabilities(prepared)
     torch.testing.assert_close(probs.sum(0), torch.ones(probs.shape[1:]))
-    with pytest.raises(ValueError, match="overlap 1.5"):
+    with pytest.raises(ValueError, match=r"overlap 1\.5"):
         Predictor.from_checkpoints([ckpt], overlap=1.5)
 
 
@@ -132,3 +140,24 @@ def test_wrong_channel_count_is_a_clear_error(plan: PreprocessingPlan, tmp_path:
     predictor = Predictor.from_checkpoints([make_checkpoint(tmp_path / "a.ckpt", plan)])
     with pytest.raises(ValueError, match=r"expected \(C, X, Y, Z\) with C = 1 channels"):
         predictor.predict_array(np.zeros((2, 8, 8, 8), np.float32), np.eye(4))
+
+
+def test_configured_postprocessing_is_applied_by_structure_name() -> None:
+    shape, affine = (30, 20, 20), np.diag([2.0, 1.0, 1.0, 1.0])  # 2 mm^3 voxels
+    image = np.zeros(shape, np.float32)
+    image[2:12, 2:12, 2:12] = 100.0  # 1000 voxels = 2 mL
+    image[20:23, 5:8, 5:8] = 100.0  # 27 voxels = 0.054 mL
+    image[5:8, 5:8, 5:8] = 0.0  # a hole
+    cfg = tiny_config(keep_largest_component=["object"], fill_holes=["object"])
+    plan = PreprocessingPlan(target_spacing=[2.0, 1.0, 1.0], normalization="none", labels={"background": 0, "object": 1},
+                             crop_foreground=False)
+    labels = Predictor([LoadedModel(ThresholdNet(50.0).eval(), cfg)], plan).predict_array(image, affine)
+    assert int(labels.sum()) == 1000 and labels[21, 6, 6] == 0 and labels[6, 6, 6] == 1
+    raw = Predictor([LoadedModel(ThresholdNet(50.0).eval(), cfg)], plan, apply_postprocess=False)
+    unprocessed = raw.predict_array(image, affine)
+    assert unprocessed[21, 6, 6] == 1 and unprocessed[6, 6, 6] == 0
+    small = tiny_config(min_component_ml={"object": 0.1})
+    labels = Predictor([LoadedModel(ThresholdNet(50.0).eval(), small)], plan).predict_array(image, affine)
+    assert labels[21, 6, 6] == 0 and labels[3, 3, 3] == 1
+    with pytest.raises(ValueError, match="'organ' is not one of the model's structures"):
+        Predictor([LoadedModel(ThresholdNet(50.0).eval(), tiny_config(fill_holes=["organ"]))], plan)

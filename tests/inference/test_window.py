@@ -1,0 +1,48 @@
+"""Sliding-window probabilities: shapes, normalisation, TTA and the 2D/2.5D slice path."""
+
+from __future__ import annotations
+
+import torch
+
+from medseg.inference.window import predict_probabilities
+from tests.inference.inference_helpers import ThresholdNet, tiny_config
+
+
+class SlabProbe(torch.nn.Module):
+    """2D 'network' whose class-1 logit is the centre channel of a slab: checks slab assembly."""
+
+    def __init__(self, slab: int) -> None:
+        super().__init__()
+        self.centre = slab // 2
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        c = x[:, self.centre : self.centre + 1] * 50.0
+        return torch.cat([torch.zeros_like(c), c], dim=1) + 0.0 * self.anchor
+
+
+def test_probabilities_are_normalised_and_on_the_input_grid() -> None:
+    image = torch.rand(1, 20, 17, 9)
+    probs = predict_probabilities(ThresholdNet(0.5).eval(), image, tiny_config())
+    assert probs.shape == (2, 20, 17, 9)
+    torch.testing.assert_close(probs.sum(0), torch.ones(20, 17, 9))
+    assert torch.equal(probs.argmax(0), (image[0] > 0.5).long())
+
+
+def test_tta_with_a_pointwise_network_equals_no_tta() -> None:
+    image = torch.rand(1, 18, 16, 16)
+    net = ThresholdNet(0.5).eval()
+    torch.testing.assert_close(
+        predict_probabilities(net, image, tiny_config(), tta=True), predict_probabilities(net, image, tiny_config())
+    )
+
+
+def test_2_5d_slabs_take_neighbouring_slices_as_channels() -> None:
+    cfg = tiny_config()
+    cfg.model.spatial_dims, cfg.data.patch_size, cfg.data.slab_slices, cfg.data.slice_axis = 2, [16, 16], 3, 1
+    image = torch.zeros(1, 12, 10, 14)
+    image[0, :, 4] = 1.0  # only slice 4 along Y is bright
+    probs = predict_probabilities(SlabProbe(3).eval(), image, cfg, slice_batch=4)
+    assert probs.shape == (2, 12, 10, 14)
+    fg = probs.argmax(0)
+    assert bool(fg[:, 4].all()) and int(fg.sum()) == 12 * 14  # the centre channel is the slice itself
