@@ -13,7 +13,7 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 def machine_line() -> str:
     cpu = platform.processor() or "unknown CPU"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
@@ -21,7 +21,7 @@ def machine_line() -> str:
         pass
     mem = ""
     try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        kb = int(Path("/proc/meminfo").read_text(encoding="utf-8").split()[1])
         mem = f", {kb / 1024**2:.0f} GiB RAM"
     except (OSError, ValueError, IndexError):
         pass
@@ -39,8 +39,8 @@ def _has_cuda() -> bool:
 
 def update_section(title: str, body: str) -> None:
     """Replace (or append) the ``## title`` section of RESULTS.md, leaving others untouched."""
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
+    text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     section = f"## {title}\n\n{body.strip()}\n\n"
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    RESULTS.write_text(text)
+    RESULTS.write_text(text, encoding="utf-8")

@@ -62,7 +62,7 @@ def monai_loop(data: Path, steps: int) -> float:
     from monai.losses import DiceCELoss
     from monai.networks.nets import UNet
 
-    entries = json.loads((data / "dataset.json").read_text())["training"][:60]
+    entries = json.loads((data / "dataset.json").read_text(encoding="utf-8"))["training"][:60]
     files = [{"image": str(data / e["image"]), "label": str(data / e["label"])} for e in entries]
     keys = ("image", "label")
     deterministic = mt.Compose([

@@ -200,7 +200,7 @@ def run_monai(image: str, ckpt: str, out: str, warmup: str) -> float:
 
 
 def _peak_rss_mb() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024.0
     import resource
@@ -223,7 +223,7 @@ def child(args: argparse.Namespace) -> None:
 def _spawn(pipeline: str, files: dict[str, str], out: Path, threads: int) -> dict[str, float]:
     cmd = [sys.executable, __file__, "--child", pipeline, "--image", files["image"], "--ckpt", files["ckpt"],
            "--out", str(out), "--warmup", files["warmup"], "--threads", str(threads)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", check=False)
     if proc.returncode != 0:
         raise RuntimeError(f"{pipeline} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -281,7 +281,7 @@ def logit_agreement(files: dict[str, str], monai_mask: Path) -> float:
 def machine() -> str:
     cpu = "unknown CPU"
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
@@ -385,7 +385,7 @@ def write_section(path: Path, section: str) -> None:
     """Replace (or append) the '## Inference' section of RESULTS.md, leaving other sections alone."""
     from medseg.utils import atomic_write_text
 
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
+    text = path.read_text(encoding="utf-8") if path.exists() else "# Benchmark results\n"
     lines = text.splitlines(keepends=True)
     start = next((i for i, line in enumerate(lines) if line.strip() == "## Inference"), None)
     if start is None:

@@ -49,7 +49,7 @@ def measured(cmd: list[str]) -> tuple[int, float, float]:
         "print(json.dumps({'rc': rc, 'maxrss_kb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}))"
     )
     start = time.time()
-    out = subprocess.run([sys.executable, "-c", probe, *cmd], stdout=subprocess.PIPE, text=True)
+    out = subprocess.run([sys.executable, "-c", probe, *cmd], stdout=subprocess.PIPE, encoding="utf-8", errors="replace")
     seconds = time.time() - start
     info = json.loads(out.stdout.strip().splitlines()[-1])
     return int(info["rc"]), seconds, info["maxrss_kb"] / 1024.0
@@ -57,15 +57,15 @@ def measured(cmd: list[str]) -> tuple[int, float, float]:
 
 def held_out_manifest(run: Path, data: Path) -> Path:
     """A CSV manifest of the run's validation cases (never seen in training)."""
-    split = json.loads((run / "split.json").read_text())
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
     path = run / "heldout.csv"
-    with path.open("w", newline="") as fh:
+    with path.open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
         w.writerow(["image", "label", "case", "split"])
         for name in split["val"]:
             w.writerow([data / "imagesTr" / f"{name}.nii.gz", data / "labelsTr" / f"{name}.nii.gz", name, "test"])
-    labels = json.loads((data / "dataset.json").read_text())["labels"]
-    (run / "heldout.labels.json").write_text(json.dumps({"labels": labels, "channel_names": ["MRI"]}))
+    labels = json.loads((data / "dataset.json").read_text(encoding="utf-8"))["labels"]
+    (run / "heldout.labels.json").write_text(json.dumps({"labels": labels, "channel_names": ["MRI"]}), encoding="utf-8")
     return path
 
 
@@ -77,7 +77,7 @@ def train_and_score(name: str, data: Path, out: Path, minutes: float, overrides:
     for o in overrides:
         cmd += ["--set", o]
     if (run / "train_summary.json").exists():
-        rc, seconds, peak = 0, json.loads((run / "train_summary.json").read_text())["seconds"], float("nan")
+        rc, seconds, peak = 0, json.loads((run / "train_summary.json").read_text(encoding="utf-8"))["seconds"], float("nan")
     else:
         rc, seconds, peak = measured(cmd)
     if rc != 0:
@@ -93,7 +93,7 @@ def train_and_score(name: str, data: Path, out: Path, minutes: float, overrides:
         if r["dice"] not in ("", "nan"):
             per.setdefault(r["structure"], []).append(float(r["dice"]))
     dice = {k: sum(v) / len(v) for k, v in per.items()}
-    summary = json.loads((run / "train_summary.json").read_text())
+    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
     return {"name": name, "dice": dice, "mean": sum(dice.values()) / len(dice), "cases": len(rows) // max(1, len(dice)),
             "train_minutes": seconds / 60, "peak_mb": peak, "steps": summary.get("steps"), "overrides": overrides}
 
@@ -106,7 +106,7 @@ def throughput(data: Path, steps: int) -> dict:
     code = REPO / "benchmarks" / "_throughput.py"
     res = {}
     for which in ("medseg", "monai"):
-        out = subprocess.run([sys.executable, str(code), which, str(data), str(steps)], stdout=subprocess.PIPE, text=True, check=True)
+        out = subprocess.run([sys.executable, str(code), which, str(data), str(steps)], stdout=subprocess.PIPE, encoding="utf-8", errors="replace", check=True)
         res[which] = json.loads(out.stdout.strip().splitlines()[-1])
     res["ratio"] = res["medseg"]["steps_per_s"] / res["monai"]["steps_per_s"]
     return res
@@ -129,7 +129,7 @@ def main() -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+    results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.exists() else {}
     if args.main:
         results["main"] = train_and_score("main_3d", data, out, args.minutes, [])
     if args.families:
@@ -137,7 +137,7 @@ def main() -> int:
         results["family_minutes"] = args.family_minutes
     if args.throughput:
         results["throughput"] = throughput(data, args.throughput_steps)
-    results_path.write_text(json.dumps(results, indent=2))
+    results_path.write_text(json.dumps(results, indent=2), encoding="utf-8")
     update_section("Training", render(results, args))
     print(render(results, args))
     return 0

@@ -358,7 +358,7 @@ def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> PipelineConf
     if not path.is_file():
         raise ConfigError(f"{path}: pipeline file not found; pass a YAML file from pipelines/")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
     if not isinstance(raw, dict):

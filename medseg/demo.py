@@ -67,7 +67,7 @@ def run_demo(output: Path, pipeline: Path, cases: int, seed: int, extra: list[st
 
 
 def _print_summary(summary_path: Path, report: Path, seconds: float) -> int:
-    summary = json.loads(summary_path.read_text())
+    summary = json.loads(summary_path.read_text(encoding="utf-8"))
     structures = summary.get("structures", summary.get("per_structure", {}))
     print(f"\n{'structure':<12} {'mean Dice':>10} {'mean IoU':>10}")
     worst = 1.0

@@ -40,7 +40,7 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
 
 def atomic_write_text(target: Path | str, text: str) -> None:
     with atomic_path(target) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8")
 
 
 def atomic_write_bytes(target: Path | str, data: bytes) -> None:

@@ -44,6 +44,6 @@ def test_cli_end_to_end(tmp_path: Path, capsys):
     assert {"case", "label", "structure", "dice", "iou", "hd95", "assd", "nsd", "vol_ref_ml", "vol_pred_ml"} <= set(rows[0])
     assert {r["structure"] for r in rows} == {"organ", "lesion", "vessel"}
     assert len(rows) == 3 * len(test_images)
-    summary = json.loads((ev / "summary.json").read_text())
+    summary = json.loads((ev / "summary.json").read_text(encoding="utf-8"))
     assert summary
     assert (ev / "report.html").exists() and (ev / "report.md").exists()

@@ -86,7 +86,7 @@ def test_cli_typo_fails_fast_with_key(tmp_path):
     p = tmp_path / "typo.yaml"
     p.write_text("trainer:\n  max_epohcs: 3\n")
     start = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "medseg", "train", str(p)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "medseg", "train", str(p)], capture_output=True, encoding="utf-8", errors="replace")
     elapsed = time.perf_counter() - start
     assert out.returncode == 2
     assert "trainer.max_epohcs" in out.stderr and "max_epochs" in out.stderr

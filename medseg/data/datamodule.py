@@ -51,7 +51,7 @@ def make_split(names: list[str], cfg: PipelineConfig) -> dict[str, Any]:
 def load_or_make_split(path: Path, names: list[str], cfg: PipelineConfig) -> dict[str, Any]:
     """Reuse ``split.json`` when it exists and matches the dataset; else create and save it."""
     if path.exists():
-        split = json.loads(path.read_text())
+        split = json.loads(path.read_text(encoding="utf-8"))
         known = set(split["train"]) | set(split["val"])
         missing = known - set(names)
         if missing:

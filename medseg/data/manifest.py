@@ -148,7 +148,7 @@ def _nnunet_cases(root: Path, folder: str, label_folder: str, ending: str, nch: 
 
 def _read_json(path: Path) -> Manifest:
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ManifestError(f"{path}: not valid JSON ({err})") from err
     if not isinstance(raw, dict):
@@ -174,7 +174,7 @@ def _read_json(path: Path) -> Manifest:
 
 def _read_csv(path: Path) -> Manifest:
     root = path.parent
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         reader = csv.DictReader(fh)
         columns = [c.strip() for c in (reader.fieldnames or [])]
         image_cols = [c for c in columns if c.startswith("image")]
@@ -197,7 +197,7 @@ def _read_csv(path: Path) -> Manifest:
     channel_names = [c if c != "image" else "image" for c in image_cols]
     if sidecar.exists():
         try:
-            side = json.loads(sidecar.read_text())
+            side = json.loads(sidecar.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
             raise ManifestError(f"{sidecar}: not valid JSON ({err})") from err
         if not isinstance(side, dict):

@@ -56,7 +56,7 @@ class PreprocessingPlan:
 
     @classmethod
     def load(cls, path: Path | str) -> PreprocessingPlan:
-        return cls(**json.loads(Path(path).read_text()))
+        return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 # ------------------------------------------------------------------ orientation

@@ -154,7 +154,7 @@ def load_exported(
     meta_path = folder / METADATA
     if not meta_path.is_file():
         raise FileNotFoundError(f"{folder}: no {METADATA}; pass a folder written by 'medseg export'")
-    meta = json.loads(meta_path.read_text())
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
     files: dict[str, str] = meta.get("files", {})
     if kind == "auto":
         kind = "torchscript" if "torchscript" in files else "onnx"

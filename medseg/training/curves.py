@@ -9,12 +9,21 @@ from pathlib import Path
 from medseg.utils import atomic_path
 
 
-def read_epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
-    """metric name -> {epoch: last logged value} from a Lightning ``metrics.csv``."""
+def read_epoch_metrics(logs: Path) -> dict[str, dict[int, float]]:
+    """metric name -> {epoch: last logged value} from Lightning ``metrics.csv`` files.
+
+    ``logs``: one ``metrics.csv`` or a folder; every ``metrics.csv`` below it (the first
+    run and each resumed part) is read in order of modification, later values winning.
+    """
     out: dict[str, dict[int, float]] = defaultdict(dict)
-    if not metrics_csv.exists():
-        return out
-    with metrics_csv.open(newline="") as fh:
+    files = [logs] if logs.is_file() else sorted(logs.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
+    for metrics_csv in files:
+        _read_one(metrics_csv, out)
+    return out
+
+
+def _read_one(metrics_csv: Path, out: dict[str, dict[int, float]]) -> None:
+    with metrics_csv.open(newline="", encoding="utf-8") as fh:
         for row in csv.DictReader(fh):
             epoch = row.get("epoch")
             if not epoch:
@@ -22,12 +31,11 @@ def read_epoch_metrics(metrics_csv: Path) -> dict[str, dict[int, float]]:
             for key, value in row.items():
                 if key not in ("epoch", "step") and value not in ("", None):
                     out[key][int(float(epoch))] = float(value)
-    return out
 
 
-def plot_learning_curve(metrics_csv: Path, output: Path) -> bool:
+def plot_learning_curve(logs: Path, output: Path) -> bool:
     """Write a PNG with train loss (left axis) and validation Dice (right axis); False if no data."""
-    metrics = read_epoch_metrics(metrics_csv)
+    metrics = read_epoch_metrics(logs)
     loss = metrics.get("train/loss_epoch", {})
     if not loss:
         return False

@@ -60,7 +60,7 @@ def _sha(text: str) -> str:
 def _git_commit() -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(medseg.__file__).parent, capture_output=True, text=True, timeout=5
+            ["git", "rev-parse", "HEAD"], cwd=Path(medseg.__file__).parent, capture_output=True, encoding="utf-8", errors="replace", timeout=5
         )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
@@ -81,7 +81,7 @@ def _run_manifest(cfg: PipelineConfig, run_dir: Path, split: dict[str, Any]) -> 
         "platform": platform.platform(),
         "git_commit": _git_commit(),
         "seed": cfg.trainer.seed,
-        "config_sha256": _sha((run_dir / "config.yaml").read_text()),
+        "config_sha256": _sha((run_dir / "config.yaml").read_text(encoding="utf-8")),
         "split_sha256": _sha(json.dumps(split, sort_keys=True)),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -171,6 +171,9 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         callbacks.append(EarlyStopping("val/mean_dice", mode="max", patience=t.early_stopping_patience))
     if t.max_time_minutes:
         callbacks.append(Timer(duration=timedelta(minutes=t.max_time_minutes), interval="step"))
+    # A resumed run logs into logs/resume_<n>/ (Lightning's CSV logger would otherwise
+    # overwrite the first run's metrics.csv); the learning curve merges all of them.
+    log_version = f"resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}" if resume else ""
     strategy: Any = t.strategy
     if t.strategy == "ddp":
         from pytorch_lightning.strategies import DDPStrategy
@@ -189,7 +192,7 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         num_sanity_val_steps=0,
         gradient_clip_val=cfg.optim.grad_clip or None,
         callbacks=callbacks,
-        logger=[CSVLogger(run_dir / "logs", name="", version=""), TensorBoardLogger(run_dir / "logs", name="tb", version="")],
+        logger=[CSVLogger(run_dir / "logs", name="", version=log_version), TensorBoardLogger(run_dir / "logs", name="tb", version=log_version)],
         log_every_n_steps=max(1, min(50, t.steps_per_epoch)),
         enable_progress_bar=t.progress_bar,
         deterministic=t.deterministic,
@@ -208,7 +211,7 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         best = ckpt_dir / "best.ckpt"
     score = float(best_cb.best_model_score) if has_val and best_cb.best_model_score is not None else None
     if trainer.global_rank == 0:
-        plot_learning_curve(run_dir / "logs" / "metrics.csv", run_dir / "learning_curve.png")
+        plot_learning_curve(run_dir / "logs", run_dir / "learning_curve.png")
         summary = {"best_checkpoint": str(best) if best else None, "best_val_mean_dice": score,
                    "seconds": round(time.time() - start, 1), "epochs": trainer.current_epoch, "steps": trainer.global_step}
         atomic_write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2))

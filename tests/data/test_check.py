@@ -57,7 +57,7 @@ def _write_case(root: Path, name: str, seed: int) -> dict[str, str]:
 
 def _write_csv(root: Path, rows: list[dict[str, str]], labels: dict | None = None) -> Path:
     path = root / "cases.csv"
-    with path.open("w", newline="") as fh:
+    with path.open("w", newline="", encoding="utf-8") as fh:
         writer = csv.DictWriter(fh, fieldnames=["case", "image", "image2", "label", "site", "split"])
         writer.writeheader()
         writer.writerows(rows)

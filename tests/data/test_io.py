@@ -77,7 +77,7 @@ def test_multichannel_nifti_is_channel_first(tmp_path: Path):
 
 def test_unreadable_inputs_raise_specific_errors(tmp_path: Path):
     (tmp_path / "junk.nii.gz").write_bytes(b"not an image at all")
-    with pytest.raises(ImageReadError, match="junk.nii.gz: unreadable NIfTI"):
+    with pytest.raises(ImageReadError, match=r"junk\.nii\.gz: unreadable NIfTI"):
         read_volume(tmp_path / "junk.nii.gz")
     with pytest.raises(ImageReadError, match="file not found"):
         read_volume(tmp_path / "missing.nii.gz")

@@ -54,10 +54,10 @@ def test_plan_cli_writes_a_valid_pipeline(tmp_path):
     manifest = write_ct_dataset(tmp_path / "d", [(1.0, 1.0, 3.0)] * 2)
     out = tmp_path / "p.yaml"
     assert main(["plan", str(manifest), "--output", str(out)]) == 0
-    proposal = yaml.safe_load(out.read_text())
+    proposal = yaml.safe_load(out.read_text(encoding="utf-8"))
     cfg = from_dict(proposal)
     assert cfg.data.normalization == "ct" and cfg.data.target_spacing == [1.0, 1.0, 3.0]
-    assert out.read_text().startswith("# proposed by `medseg plan")
+    assert out.read_text(encoding="utf-8").startswith("# proposed by `medseg plan")
 
 
 @pytest.mark.realdata

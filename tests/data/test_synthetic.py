@@ -57,7 +57,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_dataset_json_structure_and_files(dataset: Path) -> None:
-    manifest = json.loads(dataset.read_text())
+    manifest = json.loads(dataset.read_text(encoding="utf-8"))
     assert dataset.name == "dataset.json"
     assert manifest["tensorImageSize"] == "3D"
     assert manifest["modality"] == {"0": "MRI"}
@@ -78,7 +78,7 @@ def test_dataset_json_structure_and_files(dataset: Path) -> None:
 
 
 def test_cases_have_all_labels_types_and_matching_geometry(dataset: Path) -> None:
-    manifest = json.loads(dataset.read_text())
+    manifest = json.loads(dataset.read_text(encoding="utf-8"))
     for entry in manifest["training"] + manifest["test"]:
         image, label = _load(dataset.parent, entry["image"]), _load(dataset.parent, entry["label"])
         assert image.get_data_dtype() == np.float32 and label.get_data_dtype() == np.uint8
@@ -94,7 +94,7 @@ def test_same_seed_identical_other_seed_differs(tmp_path: Path) -> None:
     a, b, c = (_load(p.parent, rel) for p in paths)
     assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))
     assert np.array_equal(a.affine, b.affine)
-    assert paths[0].read_text() == paths[1].read_text()
+    assert paths[0].read_text(encoding="utf-8") == paths[1].read_text(encoding="utf-8")
     assert a.shape != c.shape or not np.array_equal(np.asarray(a.dataobj), np.asarray(c.dataobj))
     assert not np.array_equal(a.affine, c.affine)
 

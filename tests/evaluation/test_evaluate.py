@@ -21,7 +21,7 @@ OUTPUTS = ("metrics.csv", "cases.csv", "confusion_matrices.json", "summary.json"
 
 
 def _csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="") as fh:
+    with path.open(newline="", encoding="utf-8") as fh:
         return list(csv.DictReader(fh))
 
 
@@ -29,7 +29,7 @@ def test_outputs(evaluated: tuple[Path, dict]) -> None:
     out, summary = evaluated
     assert all((out / name).is_file() for name in OUTPUTS)
     rows = _csv(out / "metrics.csv")
-    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    header = (out / "metrics.csv").read_text(encoding="utf-8").splitlines()[0].split(",")
     assert header[:10] == ["case", "label", "structure", "dice", "iou", "hd95", "assd", "nsd", "vol_ref_ml",
                            "vol_pred_ml"]
     assert header == list(COLUMNS) and len(rows) == 6 * 3
@@ -43,7 +43,7 @@ def test_outputs(evaluated: tuple[Path, dict]) -> None:
     assert lesion["empty_rules"] == {"present": 5, "both_empty": 0, "missed": 1, "false_positive": 0}
     organ_dice = [float(by[f"phantom_00{i}", "organ"]["dice"]) for i in range(6)]
     assert summary["structures"]["organ"]["dice"]["mean"] == pytest.approx(np.mean(organ_dice))
-    assert json.loads((out / "summary.json").read_text()) == summary
+    assert json.loads((out / "summary.json").read_text(encoding="utf-8")) == summary
 
 
 def test_groups_cases_and_confusion(evaluated: tuple[Path, dict]) -> None:
@@ -53,7 +53,7 @@ def test_groups_cases_and_confusion(evaluated: tuple[Path, dict]) -> None:
     cases = _csv(out / "cases.csv")
     assert [c["site"] for c in cases] == ["A", "A", "B", "B", "B", ""]
     assert all(c["status"] == "ok" for c in cases) and float(cases[3]["pixel_accuracy"]) == 1.0
-    confusion = json.loads((out / "confusion_matrices.json").read_text())
+    confusion = json.loads((out / "confusion_matrices.json").read_text(encoding="utf-8"))
     assert confusion["classes"] == ["background", "organ", "lesion", "vessel"]
     cm = np.array(confusion["cases"]["phantom_001"])
     assert cm.shape == (4, 4) and cm[2, 2] == 0 and cm[2, 1] > 0  # lesion predicted as organ
@@ -67,7 +67,7 @@ def test_groups_cases_and_confusion(evaluated: tuple[Path, dict]) -> None:
 def test_serial_equals_parallel(evaluated: tuple[Path, dict], phantoms: dict[str, Path], tmp_path: Path) -> None:
     out, _ = evaluated
     evaluate(phantoms["pred"], phantoms["csv"], tmp_path, workers=1, group_by="site", progress=False, n_boot=200)
-    assert (tmp_path / "metrics.csv").read_text() == (out / "metrics.csv").read_text()
+    assert (tmp_path / "metrics.csv").read_text(encoding="utf-8") == (out / "metrics.csv").read_text(encoding="utf-8")
 
 
 def test_bad_cases_do_not_stop_the_batch(phantoms: dict[str, Path], tmp_path: Path) -> None:
@@ -88,7 +88,7 @@ def test_bad_cases_do_not_stop_the_batch(phantoms: dict[str, Path], tmp_path: Pa
     cases = {c["case"]: c["status"] for c in _csv(tmp_path / "out" / "cases.csv")}
     assert cases["phantom_001"] == "failed" and cases["stranger"] == "no_reference"
     assert cases["phantom_005"] == "no_prediction" and cases["phantom_000"] == "ok"
-    html = (tmp_path / "out" / "report.html").read_text()
+    html = (tmp_path / "out" / "report.html").read_text(encoding="utf-8")
     assert "Problems" in html and "phantom_001: prediction" in html
     assert {r["case"] for r in _csv(tmp_path / "out" / "metrics.csv")} == {f"phantom_00{i}" for i in (0, 2, 3, 4)}
 
@@ -150,4 +150,4 @@ def test_held_out_predictions_against_the_whole_manifest(phantoms: dict[str, Pat
     summary = evaluate(pred, phantoms["manifest"], tmp_path / "out", progress=False, n_boot=50)
     assert summary["status"] == "ok" and summary["cases"]["evaluated"] == len(test_cases) == 2
     assert summary["cases"]["unpredicted_splits"] == {"training": 4}
-    assert "Not evaluated: the manifest's training split (4 cases)" in (tmp_path / "out" / "report.md").read_text()
+    assert "Not evaluated: the manifest's training split (4 cases)" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")

@@ -41,7 +41,7 @@ def ct_case(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     pred[(arr == SPLEEN) & ~ndimage.binary_erosion(arr == SPLEEN)] = 0  # spleen shrunk
     pred[arr == KIDNEY_RIGHT] = 0  # right kidney missed
     write_label(root / "pred" / "ct.nii.gz", pred, ref)
-    names = json.loads((sample / "labels.json").read_text())["total"]
+    names = json.loads((sample / "labels.json").read_text(encoding="utf-8"))["total"]
     manifest = {"name": "ct_abdomen_sample", "modality": {"0": "CT"}, "labels": {"0": "background", **names},
                 "training": [{"image": str(sample / "ct.nii.gz"), "label": str(sample / "seg_totalsegmentator.nii.gz")}]}
     (root / "dataset.json").write_text(json.dumps(manifest))
@@ -61,10 +61,10 @@ def test_ct_sample_against_perturbed_copy(ct_case: dict[str, Path], sd: ModuleTy
     assert float(rows["spleen"]["vol_pred_ml"]) < float(rows["spleen"]["vol_ref_ml"])
     assert float(rows["stomach"]["dice"]) == 1.0 and float(rows["stomach"]["hd"]) == 0.0
     assert rows["brain"]["empty_rule"] == "both_empty"  # named in labels.json, absent from this CT
-    markdown = (out / "report.md").read_text()
+    markdown = (out / "report.md").read_text(encoding="utf-8")
     assert "| liver |" in markdown and "| brain |" not in markdown  # absent everywhere: named in a note
     assert "are left out of the table: " in markdown and "brain" in markdown
-    html = (out / "report.html").read_text()
+    html = (out / "report.html").read_text(encoding="utf-8")
     assert html.count('class="overlay"') >= 2  # the worst structures over the scan
     ref = read_label(ct_case["sample"] / "seg_totalsegmentator.nii.gz")
     pred = read_label(ct_case["pred"] / "ct.nii.gz")

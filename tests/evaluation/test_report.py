@@ -24,7 +24,7 @@ def test_fmt() -> None:
 
 def test_html_is_self_contained(evaluated: tuple[Path, dict]) -> None:
     out, _ = evaluated
-    text = (out / "report.html").read_text()
+    text = (out / "report.html").read_text(encoding="utf-8")
     assert "Content-Security-Policy" in text and "default-src 'none'" in text
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//|file:)""", text)
     assert "url(" not in text and "@import" not in text
@@ -40,7 +40,7 @@ def test_html_escapes_names(evaluated: tuple[Path, dict]) -> None:
 
 def test_markdown(evaluated: tuple[Path, dict]) -> None:
     out, summary = evaluated
-    text = (out / "report.md").read_text()
+    text = (out / "report.md").read_text(encoding="utf-8")
     assert text == render_markdown(summary)
     assert "| structure | n | present | both empty | missed | false positive |" in text
     assert re.search(r"^\| lesion \| 6 \| 5 \| 0 \| 1 \| 0 \|", text, re.M)  # case 1 missed its lesion
@@ -51,12 +51,12 @@ def test_markdown(evaluated: tuple[Path, dict]) -> None:
 def test_renders_in_headless_chromium(evaluated: tuple[Path, dict], tmp_path: Path) -> None:
     out, _ = evaluated
     report = out / "report.html"
-    html = report.read_text()
+    html = report.read_text(encoding="utf-8")
     n_images = html.count("<img")
     n_plots, n_overlays = html.count('class="plot"'), html.count('class="overlay"')
     assert n_plots == 4 and n_overlays >= 2
     common = [str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
-    dom = subprocess.run([*common, "--dump-dom", report.as_uri()], capture_output=True, text=True,
+    dom = subprocess.run([*common, "--dump-dom", report.as_uri()], capture_output=True, encoding="utf-8", errors="replace",
                          timeout=90, check=True).stdout
     loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
     assert loaded is not None, "the page's load script did not run"

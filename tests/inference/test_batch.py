@@ -218,7 +218,7 @@ def test_multichannel_ensemble_with_tta_from_nnunet_folder_and_manifest(tmp_path
     out = tmp_path / "out"
     assert main(["predict", *models, "--input", str(tmp_path / "imagesTs"), "--output", str(out), "--tta", "--quiet"]) == 0
     _same_header(out / "brain.nii.gz", tmp_path / "imagesTs" / "brain_0000.nii.gz")
-    config = (out / "predict_config.json").read_text()
+    config = (out / "predict_config.json").read_text(encoding="utf-8")
     assert "fold_0" in config and "fold_1" in config and '"tta": true' in config
     # The same case through a CSV manifest listing the channels.
     (tmp_path / "cases.csv").write_text("case,image,image_t2,split\nbrain,imagesTs/brain_0000.nii.gz,"

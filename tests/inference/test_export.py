@@ -23,7 +23,7 @@ def _image(tmp_path: Path) -> Path:
 
 def test_torchscript_export_predicts_the_same_mask(tmp_path: Path, checkpoint: Path) -> None:
     meta = export_model(checkpoint, tmp_path / "export", ("torchscript",))
-    saved = json.loads((tmp_path / "export" / METADATA).read_text())
+    saved = json.loads((tmp_path / "export" / METADATA).read_text(encoding="utf-8"))
     assert saved == json.loads(json.dumps(meta))
     assert saved["patch_size"] == [16, 16, 16] and saved["spatial_dims"] == 3 and saved["in_channels"] == 1
     assert saved["plan"]["target_spacing"] == [1.5, 1.5, 1.5] and saved["labels"]["posterior"] == 2

@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 )
 def test_family_trains_on_real_hippocampus(shared_data, tmp_path, extra, repo_root):
     src = shared_data / "Task04_Hippocampus" / "dataset.json"
-    manifest = json.loads(src.read_text())
+    manifest = json.loads(src.read_text(encoding="utf-8"))
     manifest["training"] = [
         {k: str((src.parent / v).resolve()) for k, v in e.items()} for e in manifest["training"][:8]
     ]

@@ -52,7 +52,7 @@ def test_run_directory_contents(phantoms, tmp_path):
                  "learning_curve.png", "logs/metrics.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
         assert (run / name).exists(), name
     assert list((run / "logs" / "tb").glob("events.*")), "no TensorBoard log"
-    manifest = json.loads((run / "run_manifest.json").read_text())
+    manifest = json.loads((run / "run_manifest.json").read_text(encoding="utf-8"))
     assert {"medseg", "monai", "torch", "pytorch_lightning", "seed", "config_sha256", "split_sha256"} <= set(manifest)
     assert result.best_val_dice is not None and 0.0 <= result.best_val_dice <= 1.0
     assert best_checkpoint(run) == run / "checkpoints" / "best.ckpt"
@@ -106,7 +106,7 @@ def test_kill_mid_epoch_then_resume(phantoms, tmp_path):
     assert last.exists(), "no checkpoint was written before the kill"
     done = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
     assert done < 39
-    out = subprocess.run([*args, "--resume", "--set", "trainer.max_epochs=" + str(done + 2)], capture_output=True, text=True)
+    out = subprocess.run([*args, "--resume", "--set", "trainer.max_epochs=" + str(done + 2)], capture_output=True, encoding="utf-8", errors="replace")
     assert out.returncode == 0, out.stderr[-2000:]
     assert torch.load(last, map_location="cpu", weights_only=False)["epoch"] == done + 1
 
@@ -134,11 +134,11 @@ def test_ddp_two_cpu_processes_reduce_metrics_and_write_checkpoint_once(phantoms
     for s in [*TINY, "trainer.strategy=ddp", "trainer.devices=2", "data.val_fraction=0.5"]:
         args += ["--set", s]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    out = subprocess.run(args, capture_output=True, text=True, env=env, timeout=600)
+    out = subprocess.run(args, capture_output=True, encoding="utf-8", errors="replace", env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     ckpts = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert ckpts == ["best.ckpt", "last.ckpt"], ckpts  # one of each, written by rank 0 only
-    split = json.loads((run / "split.json").read_text())
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
     rows = [r for r in csv.DictReader((run / "logs" / "metrics.csv").open()) if r.get("val/mean_dice")]
     assert rows, "no validation logged"
     # every validation case counted exactly once across the two ranks
@@ -164,3 +164,14 @@ def test_ddp_two_cpu_processes_reduce_metrics_and_write_checkpoint_once(phantoms
     last_epoch = max(int(r["epoch"]) for r in rows)
     logged = next(float(r["val/mean_dice"]) for r in rows if int(r["epoch"]) == last_epoch)
     assert logged == pytest.approx(expected, abs=1e-4)
+
+
+def test_learning_curve_merges_resumed_logs(phantoms, tmp_path):
+    from medseg.training.curves import read_epoch_metrics
+
+    run = tmp_path / "run"
+    train(tiny_cfg(phantoms, "trainer.max_epochs=1"), run)
+    train(tiny_cfg(phantoms, "trainer.max_epochs=2"), run, resume=True)
+    assert (run / "logs" / "metrics.csv").exists() and (run / "logs" / "resume_1" / "metrics.csv").exists()
+    epochs = read_epoch_metrics(run / "logs")["train/loss_epoch"]
+    assert sorted(epochs) == [0, 1]  # the first run's epoch survived the resume
