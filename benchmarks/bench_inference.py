@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import subprocess
 import sys
@@ -34,6 +33,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _results import machine_line  # noqa: E402
 
 CASES: dict[str, dict[str, Any]] = {
     "a": {
@@ -279,15 +280,7 @@ def logit_agreement(files: dict[str, str], monai_mask: Path) -> float:
 
 
 def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, nproc {os.cpu_count()}, {platform.platform()}"
+    return f"{machine_line()}, {platform.platform()}"
 
 
 def main(argv: list[str] | None = None) -> int:
