@@ -122,6 +122,7 @@ def main() -> int:
     p.add_argument("--main", action="store_true")
     p.add_argument("--families", action="store_true")
     p.add_argument("--throughput", action="store_true")
+    p.add_argument("--no-record", action="store_true", help="do not update benchmarks/RESULTS.md (smoke runs)")
     args = p.parse_args()
     data, out = Path(args.data), Path(args.output)
     if not (data / "dataset.json").exists():
@@ -138,7 +139,8 @@ def main() -> int:
     if args.throughput:
         results["throughput"] = throughput(data, args.throughput_steps)
     results_path.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    update_section("Training", render(results, args))
+    if not args.no_record:
+        update_section("Training", render(results, args))
     print(render(results, args))
     return 0
 

@@ -10,12 +10,14 @@ count…) is recorded with a one-line reason and the batch goes on.
 ``OUTPUT/predict_log.csv`` (case, status ok|failed|skipped, seconds, error) is rewritten
 atomically after every case, so an interrupted batch leaves a consistent log and no
 half-written image. ``workers > 1`` predicts cases in parallel CPU processes (spawned,
-each loading the models once and using ``cpu_count // workers`` torch threads).
+each loading the models once and using ``cpu_count // workers`` torch threads); with
+``--device cuda`` on a multi-GPU machine the workers are spread over the GPUs.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -27,6 +29,7 @@ from typing import Any
 
 import nibabel as nib
 import numpy as np
+import torch
 
 from medseg.data.io import NIFTI_SUFFIXES, ImageReadError, Volume, read_volume, write_label
 from medseg.inference.inputs import InputCase, read_case
@@ -190,8 +193,20 @@ def write_log(path: Path, results: Sequence[CaseResult]) -> None:
 _WORKER: Predictor | None = None
 
 
-def _init_worker(spec: PredictorSpec) -> None:
+def worker_device(index: int, device: str, gpus: int) -> str:
+    """Device of worker ``index``: CUDA workers are spread round-robin over ``gpus`` GPUs."""
+    if gpus > 0 and device.startswith("cuda"):
+        return f"cuda:{index % gpus}"
+    return "cpu"
+
+
+def _init_worker(spec: PredictorSpec, counter: Any = None, gpus: int = 0) -> None:
     global _WORKER
+    if counter is not None:
+        with counter.get_lock():
+            index = counter.value
+            counter.value += 1
+        spec = dataclasses.replace(spec, device=worker_device(index, spec.device, gpus))
     _WORKER = Predictor.from_spec(spec)
 
 
@@ -249,16 +264,20 @@ def _run_parallel(
     predictor: Predictor, cases: Sequence[InputCase], output: Path, fmt: str, resume: bool, workers: int,
     record: Any,
 ) -> None:
-    import dataclasses
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
     if predictor.spec is None:
         raise ValueError("workers > 1 needs a Predictor built with Predictor.from_spec/from_checkpoints")
+    # Multi-GPU: with a CUDA device, one worker process per GPU slot (round-robin), each
+    # predicting whole cases; inference is embarrassingly parallel, so this does what
+    # Lightning's DDP predict would without gathering tensors across ranks.
+    gpus = torch.cuda.device_count() if str(predictor.spec.device).startswith("cuda") else 0
     threads = max(1, (os.cpu_count() or 1) // workers)
-    spec = dataclasses.replace(predictor.spec, threads=threads, device="cpu")
+    spec = dataclasses.replace(predictor.spec, threads=threads, device=predictor.spec.device if gpus else "cpu")
     ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(spec,)) as pool:
+    counter = ctx.Value("i", 0)
+    with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(spec, counter, gpus)) as pool:
         futures = {pool.submit(_worker_case, c, output, fmt, resume): c for c in cases}
         try:
             for future in as_completed(futures):

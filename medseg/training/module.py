@@ -13,6 +13,7 @@ single-process validation.
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,10 @@ class SegmentationModule(pl.LightningModule):
         self.structure_names = [n for n, v in sorted(self.plan.labels.items(), key=lambda kv: kv[1]) if v != 0]
         self._val_sum = torch.zeros(self.num_classes - 1, dtype=torch.float64)
         self._val_count = torch.zeros(self.num_classes - 1, dtype=torch.float64)
+        self._fit_started: float | None = None
+
+    def on_fit_start(self) -> None:
+        self._fit_started = time.monotonic()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -107,11 +112,16 @@ class SegmentationModule(pl.LightningModule):
             opt = torch.optim.AdamW(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
         total = max(1, t.max_epochs * t.steps_per_epoch)
         warmup = o.warmup_epochs * t.steps_per_epoch
+        budget_s = t.max_time_minutes * 60.0
 
         def factor(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
             progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            if budget_s > 0 and self._fit_started is not None:
+                # With a wall-time budget the schedule follows whichever ends first, the
+                # steps or the time, so the learning rate is annealed when the budget ends.
+                progress = max(progress, min(1.0, (time.monotonic() - self._fit_started) / budget_s))
             if o.scheduler == "poly":
                 return (1.0 - progress) ** 0.9
             if o.scheduler == "cosine":

@@ -16,7 +16,6 @@ import platform
 import subprocess
 import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,6 @@ from pytorch_lightning.callbacks import (
     EarlyStopping,
     ModelCheckpoint,
     OnExceptionCheckpoint,
-    Timer,
 )
 from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
@@ -118,6 +116,30 @@ class _SaveLast(Callback):
             os.replace(tmp, self.path)
 
 
+class _TimeBudget(Callback):
+    """Stop after ``seconds`` of training, validating the final weights first.
+
+    Lightning's ``Timer`` stops mid-epoch without validating, so the weights of the last
+    minutes (those trained at the annealed learning rate) would never be considered for
+    ``best.ckpt``. Here the stop is requested with a validation on the same epoch.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.started: float | None = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.started = time.monotonic()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        elapsed = time.monotonic() - (self.started or time.monotonic())
+        # every rank must agree, or DDP ranks would stop at different steps
+        stop = trainer.strategy.reduce_boolean_decision(elapsed >= self.seconds, all=False)
+        if stop and not trainer.should_stop:
+            trainer.check_val_every_n_epoch = 1
+            trainer.should_stop = True
+
+
 def _resolve_plan(cfg: PipelineConfig, run_dir: Path, resume: bool) -> PreprocessingPlan:
     plan_path = run_dir / "preprocessing.json"
     if resume and plan_path.exists():
@@ -170,7 +192,7 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
     if has_val and t.early_stopping_patience:
         callbacks.append(EarlyStopping("val/mean_dice", mode="max", patience=t.early_stopping_patience))
     if t.max_time_minutes:
-        callbacks.append(Timer(duration=timedelta(minutes=t.max_time_minutes), interval="step"))
+        callbacks.append(_TimeBudget(t.max_time_minutes * 60.0))
     # A resumed run logs into logs/resume_<n>/ (Lightning's CSV logger would otherwise
     # overwrite the first run's metrics.csv); the learning curve merges all of them.
     log_version = f"resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}" if resume else ""

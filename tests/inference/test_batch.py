@@ -228,3 +228,11 @@ def test_multichannel_ensemble_with_tta_from_nnunet_folder_and_manifest(tmp_path
                  "--quiet"]) == 0
     np.testing.assert_array_equal(np.asanyarray(nib.load(str(out2 / "brain.nii.gz")).dataobj),
                                   np.asanyarray(nib.load(str(out / "brain.nii.gz")).dataobj))
+
+
+def test_worker_devices_round_robin_over_gpus():
+    from medseg.inference.batch import worker_device
+
+    assert [worker_device(i, "cuda", 2) for i in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
+    assert worker_device(3, "cuda:0", 0) == "cpu"  # no GPU visible: CPU workers
+    assert worker_device(1, "cpu", 4) == "cpu"

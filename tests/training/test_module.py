@@ -72,3 +72,16 @@ def test_schedules_poly_and_cosine_with_warmup():
     module = SegmentationModule(**module_hparams(cfg, plan))
     f = module.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]
     assert f(0) == 1 / 20 and f(19) == 1.0
+
+
+def test_time_budget_drives_the_schedule():
+    cfg, plan = tiny()
+    cfg.trainer.max_epochs, cfg.trainer.steps_per_epoch, cfg.trainer.max_time_minutes = 1000, 10, 1.0
+    module = SegmentationModule(**module_hparams(cfg, plan))
+    f = module.configure_optimizers()["lr_scheduler"]["scheduler"].lr_lambdas[0]
+    import time
+
+    module._fit_started = time.monotonic() - 30.0  # half the 1-minute budget used
+    assert abs(f(10) - 0.5**0.9) < 0.02  # poly at ~50 % although only 0.1 % of the steps ran
+    module._fit_started = time.monotonic() - 120.0
+    assert f(10) == 0.0

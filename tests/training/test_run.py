@@ -175,3 +175,16 @@ def test_learning_curve_merges_resumed_logs(phantoms, tmp_path):
     assert (run / "logs" / "metrics.csv").exists() and (run / "logs" / "resume_1" / "metrics.csv").exists()
     epochs = read_epoch_metrics(run / "logs")["train/loss_epoch"]
     assert sorted(epochs) == [0, 1]  # the first run's epoch survived the resume
+
+
+def test_time_budget_stops_and_validates_the_final_weights(phantoms, tmp_path):
+    import time
+
+    start = time.time()
+    result = train(tiny_cfg(phantoms, "trainer.max_epochs=500", "trainer.max_time_minutes=0.15",
+                            "trainer.val_every_n_epochs=1000"), tmp_path / "run")
+    assert time.time() - start < 60
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["epochs"] < 499
+    # validation never came due by the schedule (every 1000 epochs) but ran at the stop
+    assert result.best_val_dice is not None and (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()
