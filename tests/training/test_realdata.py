@@ -18,8 +18,10 @@ pytestmark = [pytest.mark.realdata, pytest.mark.slow]
         ["model.name=attention_unet"],
         ["model.name=residual_unet"],
         ["model.spatial_dims=2", "data.patch_size=[56,40]", "data.slice_axis=0"],
+        ["model.name=attention_unet", "model.spatial_dims=2", "data.patch_size=[56,40]", "data.slice_axis=0"],
+        ["model.name=residual_unet", "model.spatial_dims=2", "data.patch_size=[56,40]", "data.slice_axis=0"],
     ],
-    ids=["unet3d", "attention3d", "residual3d", "unet2d"],
+    ids=["unet3d", "attention3d", "residual3d", "unet2d", "attention2d", "residual2d"],
 )
 def test_family_trains_on_real_hippocampus(shared_data, tmp_path, extra, repo_root):
     src = shared_data / "Task04_Hippocampus" / "dataset.json"

@@ -68,9 +68,10 @@ def test_run_directory_contents(phantoms, tmp_path):
          "optim.warmup_epochs=1", "trainer.early_stopping_patience=1"],
         ["model.name=unet", "model.spatial_dims=2", "data.patch_size=[16,16]", "data.slab_slices=3"],
         ["model.name=attention_unet", "model.spatial_dims=2", "data.patch_size=[16,16]", "data.slice_axis=0"],
+        ["model.name=residual_unet", "model.spatial_dims=2", "data.patch_size=[16,16]", "data.slab_slices=5"],
         ["model.name=dynunet", "model.channels=[4,8,16]", "model.deep_supervision=true", "loss.name=dice_focal"],
     ],
-    ids=["attention3d_bf16", "residual3d_limited_sgd", "unet2.5d", "attention2d", "dynunet_ds"],
+    ids=["attention3d_bf16", "residual3d_limited_sgd", "unet2.5d", "attention2d", "residual2.5d", "dynunet_ds"],
 )
 def test_families_train(phantoms, tmp_path, extra):
     result = train(tiny_cfg(phantoms, *extra), tmp_path / "run")
