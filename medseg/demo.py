@@ -68,12 +68,10 @@ def run_demo(output: Path, pipeline: Path, cases: int, seed: int, extra: list[st
 
 def _print_summary(summary_path: Path, report: Path, seconds: float) -> int:
     summary = json.loads(summary_path.read_text(encoding="utf-8"))
-    structures = summary.get("structures", summary.get("per_structure", {}))
     print(f"\n{'structure':<12} {'mean Dice':>10} {'mean IoU':>10}")
     worst = 1.0
-    for name, stats in structures.items():
-        dice = stats["dice"]["mean"] if isinstance(stats.get("dice"), dict) else stats.get("dice_mean")
-        iou = stats["iou"]["mean"] if isinstance(stats.get("iou"), dict) else stats.get("iou_mean")
+    for name, stats in summary["structures"].items():
+        dice, iou = stats["dice"]["mean"], stats["iou"]["mean"]
         worst = min(worst, float(dice))
         print(f"{name:<12} {dice:>10.3f} {iou:>10.3f}")
     html = report / "report.html"

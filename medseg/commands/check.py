@@ -11,18 +11,11 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
+from medseg.commands import int_at_least
+
 if TYPE_CHECKING:  # only argparse at import time: `medseg --help` stays fast (see cli.py)
     from medseg.data.manifest import Manifest
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1, e.g. --workers 4")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +31,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("manifest", metavar="MANIFEST", help="dataset.json (Decathlon/nnU-Net) or CSV manifest")
     p.add_argument(
-        "--workers", type=_positive_int, default=1,
+        "--workers", type=int_at_least(1), default=1,
         help="worker processes reading cases in parallel (default: 1)",
     )
     p.set_defaults(func=run)

@@ -12,17 +12,10 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medseg.commands import int_at_least
+
 EMPTY_POLICY_NAMES = ("nan", "reloaded", "worst")
 
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 1, e.g. --workers 4")
-    return value
 
 
 def parse_tolerances(values: list[str] | None) -> float | dict[str, float]:
@@ -68,7 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nsd-tolerance", action="append", metavar="MM|STRUCTURE=MM",
                    help="NSD and boundary tolerance in mm (default 1.0); repeat STRUCTURE=MM for "
                         "per-structure tolerances, e.g. --nsd-tolerance 1 --nsd-tolerance liver=2.5")
-    p.add_argument("--workers", type=_positive_int, default=1, help="worker processes (default: 1)")
+    p.add_argument("--workers", type=int_at_least(1), default=1, help="worker processes (default: 1)")
     p.add_argument("--resample-pred", action="store_true",
                    help="resample a prediction whose grid differs from the reference's (nearest "
                         "neighbour) instead of failing the case")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medseg.commands import int_at_least
+
 
 def _fraction(text: str) -> float:
     try:
@@ -21,15 +23,6 @@ def _fraction(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction in [0, 1), e.g. --overlap 0.5")
     return value
 
-
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected an integer >= 0, e.g. 4")
-    return value
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -57,10 +50,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="nifti (default), dicom-seg (DICOM inputs only) or both")
     p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True,
                    help="skip cases whose outputs exist and match the input (default: on)")
-    p.add_argument("--workers", type=_count, default=0,
+    p.add_argument("--workers", type=int_at_least(0), default=0,
                    help="predict N cases in parallel CPU processes (default: 0, in this process)")
     p.add_argument("--overlap", type=_fraction, help="sliding-window overlap (default: the checkpoint's)")
-    p.add_argument("--sw-batch-size", type=_count, help="windows per forward pass (default: the checkpoint's)")
+    p.add_argument("--sw-batch-size", type=int_at_least(0), help="windows per forward pass (default: the checkpoint's)")
     p.add_argument("--split", choices=("auto", "test", "training", "all"), default="auto",
                    help="manifest input: which cases (auto: test cases, else training cases)")
     p.add_argument("--no-postprocess", action="store_true", help="skip the configured post-processing")

@@ -71,8 +71,7 @@ def make_plan(cfg: PipelineConfig, manifest: Manifest, fingerprint: Fingerprint 
     norm = d.normalization
     if norm == "auto":
         norm = "ct" if manifest.is_ct else "zscore"
-    need_fp = d.target_spacing is None or (norm == "ct" and d.ct_clip is None) or norm == "ct"
-    if need_fp and fingerprint is None:
+    if (d.target_spacing is None or norm == "ct") and fingerprint is None:
         fingerprint = compute_fingerprint(manifest.training, seed=cfg.trainer.seed)
     plan = PreprocessingPlan(
         target_spacing=list(d.target_spacing) if d.target_spacing else fingerprint.median_spacing,  # type: ignore[union-attr]

@@ -41,17 +41,14 @@ def _window_probs(
     flips: list[tuple[int, ...]] = [()]
     if tta:
         flips = [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
-    total: torch.Tensor | None = None
+    total = torch.zeros(())
     for flip in flips:
         xi = torch.flip(x, flip) if flip else x
         logits = sliding_window_inference(
             xi, roi, inf.sw_batch_size, run, overlap=inf.overlap, mode=inf.blend, padding_mode="constant"
         )
         probs = F.softmax(torch.as_tensor(logits).float(), dim=1)
-        if flip:
-            probs = torch.flip(probs, flip)
-        total = probs if total is None else total.add_(probs)
-    assert total is not None  # flips is never empty
+        total = total + (torch.flip(probs, flip) if flip else probs)
     return total / len(flips)
 
 

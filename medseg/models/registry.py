@@ -17,6 +17,7 @@ Upsampling support (``model.upsample``):
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch.nn as nn
@@ -69,9 +70,8 @@ def _unet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
 
 
 def _residual_unet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
-    if cfg.num_res_units < 1:
-        cfg.num_res_units = 2
-    return _unet(cfg, in_ch, out_ch)
+    # residual_unet means residual units: 0 in the config gets MONAI's usual 2 (config untouched)
+    return _unet(dataclasses.replace(cfg, num_res_units=cfg.num_res_units or 2), in_ch, out_ch)
 
 
 def _attention_unet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:

@@ -27,22 +27,21 @@ def _weights(cfg: LossConfig, num_classes: int) -> torch.Tensor | None:
     return torch.tensor(cfg.class_weights, dtype=torch.float32)
 
 
+def _common(cfg: LossConfig) -> dict[str, object]:
+    return {"to_onehot_y": True, "softmax": True, "include_background": cfg.include_background, "batch": True,
+            "smooth_nr": 1e-5, "smooth_dr": 1e-5}
+
+
 def _dice(cfg: LossConfig, k: int) -> torch.nn.Module:
-    return DiceLoss(to_onehot_y=True, softmax=True, include_background=cfg.include_background, smooth_nr=1e-5, smooth_dr=1e-5, batch=True)
+    return DiceLoss(**_common(cfg))  # type: ignore[arg-type]
 
 
 def _dice_ce(cfg: LossConfig, k: int) -> torch.nn.Module:
-    return DiceCELoss(
-        to_onehot_y=True, softmax=True, include_background=cfg.include_background, weight=_weights(cfg, k), batch=True,
-        smooth_nr=1e-5, smooth_dr=1e-5,
-    )
+    return DiceCELoss(weight=_weights(cfg, k), **_common(cfg))  # type: ignore[arg-type]
 
 
 def _dice_focal(cfg: LossConfig, k: int) -> torch.nn.Module:
-    return DiceFocalLoss(
-        to_onehot_y=True, softmax=True, include_background=cfg.include_background, weight=_weights(cfg, k), batch=True,
-        smooth_nr=1e-5, smooth_dr=1e-5,
-    )
+    return DiceFocalLoss(weight=_weights(cfg, k), **_common(cfg))  # type: ignore[arg-type]
 
 
 LOSSES: dict[str, Callable[[LossConfig, int], torch.nn.Module]] = {"dice": _dice, "dice_ce": _dice_ce, "dice_focal": _dice_focal}

@@ -33,7 +33,7 @@ import medseg
 from medseg.config import ConfigError, PipelineConfig, dump
 from medseg.data.datamodule import SegmentationDataModule, load_or_make_split
 from medseg.data.fingerprint import make_plan
-from medseg.data.manifest import load_manifest
+from medseg.data.manifest import Manifest, load_manifest
 from medseg.data.preprocess import PreprocessingPlan
 from medseg.training.curves import plot_learning_curve
 from medseg.training.module import SegmentationModule, init_weights_from, module_hparams
@@ -140,11 +140,10 @@ class _TimeBudget(Callback):
             trainer.should_stop = True
 
 
-def _resolve_plan(cfg: PipelineConfig, run_dir: Path, resume: bool) -> PreprocessingPlan:
+def _resolve_plan(cfg: PipelineConfig, manifest: Manifest, run_dir: Path, resume: bool) -> PreprocessingPlan:
     plan_path = run_dir / "preprocessing.json"
     if resume and plan_path.exists():
         return PreprocessingPlan.load(plan_path)
-    manifest = load_manifest(cfg.data.manifest)  # type: ignore[arg-type]
     plan = make_plan(cfg, manifest)
     plan.save(plan_path)
     return plan
@@ -168,7 +167,7 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
     manifest = load_manifest(cfg.data.manifest)
     if rank == 0:
         dump(cfg, run_dir / "config.yaml")
-    plan = _resolve_plan(cfg, run_dir, resume or rank > 0)
+    plan = _resolve_plan(cfg, manifest, run_dir, resume or rank > 0)
     split = load_or_make_split(run_dir / "split.json", [c.name for c in manifest.training], cfg)
     if rank == 0:
         atomic_write_text(run_dir / "run_manifest.json", json.dumps(_run_manifest(cfg, run_dir, split), indent=2))
