@@ -12,69 +12,72 @@ Presets:
 * ``limited_data``: what nnU-Net's default augmentation does, in MONAI terms: mirroring,
   rotation (±30°) and scaling (0.7-1.4), elastic deformation, gamma, contrast, Gaussian
   noise and blur, bias field, and low-resolution simulation.
+
+Rotation/scaling ("affine") and elastic deformation ("elastic") keep separate, overridable
+probabilities but run as one resampling (``medseg.data.spatial_augment``), which is what
+makes ``limited_data`` affordable on a CPU (~5 ms per 40x56x40 patch instead of ~23 ms).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from monai import transforms as mt
 
 from medseg.config import ConfigError, suggest
+from medseg.data.spatial_augment import RandSpatialAugmentd
 from medseg.registry_names import AUGMENTATION_PRESETS
 
 KEYS = ("image", "label")
+
+
+Builder = Callable[[float, int, tuple[int, ...], dict[str, float]], list[mt.Transform]]
 
 
 @dataclass(frozen=True)
 class Entry:
     name: str
     prob: float
-    build: Callable[[float, int, tuple[int, ...]], list[mt.Transform]]
-    """(probability, spatial_dims, patch_size) -> transforms."""
+    build: Builder
+    """(probability, spatial_dims, patch_size, all resolved probabilities) -> transforms."""
+    carries: tuple[str, ...] = ()
+    """Other entries whose transform this entry builds (it is built when any of them fires)."""
 
 
-def _flip(p: float, dims: int, patch: tuple[int, ...]) -> list[mt.Transform]:
+def _flip(p: float, dims: int, patch: tuple[int, ...], probs: dict[str, float]) -> list[mt.Transform]:
     return [mt.RandFlipd(KEYS, prob=p, spatial_axis=axis) for axis in range(dims)]
 
 
-def _affine(rot_deg: float, scale: tuple[float, float]) -> Callable[[float, int, tuple[int, ...]], list[mt.Transform]]:
-    def build(p: float, dims: int, patch: tuple[int, ...]) -> list[mt.Transform]:
-        r = math.radians(rot_deg)
-        rotate = (r,) if dims == 2 else (r, r, r)
+def _spatial(rot_deg: float, scale: tuple[float, float]) -> Builder:
+    """Rotation/scaling, fused with the preset's elastic deformation (if any) into one resampling."""
+
+    def build(p: float, dims: int, patch: tuple[int, ...], probs: dict[str, float]) -> list[mt.Transform]:
         return [
-            mt.RandAffined(
+            RandSpatialAugmentd(
                 KEYS,
-                prob=p,
-                rotate_range=rotate,
-                scale_range=(scale[0] - 1.0, scale[1] - 1.0),
-                mode=("bilinear", "nearest"),
-                padding_mode="zeros",
-                spatial_size=patch,
-                cache_grid=True,
+                patch,
+                modes=("bilinear", "nearest"),
+                affine_prob=p,
+                rotate_deg=rot_deg,
+                scale_range=scale,
+                elastic_prob=probs.get("elastic", 0.0),
             )
         ]
 
     return build
 
 
-def _elastic(p: float, dims: int, patch: tuple[int, ...]) -> list[mt.Transform]:
-    if dims == 2:
-        return [mt.Rand2DElasticd(KEYS, spacing=(16, 16), magnitude_range=(1, 3), prob=p, mode=("bilinear", "nearest"))]
-    return [
-        mt.Rand3DElasticd(
-            KEYS, sigma_range=(5, 8), magnitude_range=(50, 150), prob=p, mode=("bilinear", "nearest"), padding_mode="zeros"
-        )
-    ]
+def _folded_into_spatial(p: float, dims: int, patch: tuple[int, ...], probs: dict[str, float]) -> list[mt.Transform]:
+    """Elastic deformation is drawn by the spatial transform of the "affine" entry."""
+    return []
 
 
-def _intensity(factory: Callable[[float], mt.Transform]) -> Callable[[float, int, tuple[int, ...]], list[mt.Transform]]:
-    return lambda p, dims, patch: [factory(p)]
+def _intensity(factory: Callable[[float], mt.Transform]) -> Builder:
+    return lambda p, dims, patch, probs: [factory(p)]
 
 
-def _low_res(p: float, dims: int, patch: tuple[int, ...]) -> list[mt.Transform]:
+def _low_res(p: float, dims: int, patch: tuple[int, ...], probs: dict[str, float]) -> list[mt.Transform]:
     mode = "bilinear" if dims == 2 else "trilinear"
     return [mt.RandSimulateLowResolutiond(("image",), prob=p, zoom_range=(0.5, 1.0), upsample_mode=mode)]
 
@@ -83,15 +86,15 @@ PRESETS: dict[str, list[Entry]] = {
     "none": [],
     "light": [
         Entry("flip", 0.5, _flip),
-        Entry("affine", 0.2, _affine(15.0, (0.9, 1.1))),
+        Entry("affine", 0.2, _spatial(15.0, (0.9, 1.1))),
         Entry("intensity_scale", 0.15, _intensity(lambda p: mt.RandScaleIntensityd("image", factors=0.1, prob=p))),
         Entry("intensity_shift", 0.15, _intensity(lambda p: mt.RandShiftIntensityd("image", offsets=0.1, prob=p))),
         Entry("noise", 0.1, _intensity(lambda p: mt.RandGaussianNoised("image", prob=p, std=0.05))),
     ],
     "limited_data": [
         Entry("flip", 0.5, _flip),
-        Entry("affine", 0.25, _affine(30.0, (0.7, 1.4))),
-        Entry("elastic", 0.1, _elastic),
+        Entry("affine", 0.25, _spatial(30.0, (0.7, 1.4)), carries=("elastic",)),
+        Entry("elastic", 0.2, _folded_into_spatial),
         Entry("noise", 0.15, _intensity(lambda p: mt.RandGaussianNoised("image", prob=p, std=0.1))),
         Entry(
             "blur",
@@ -136,9 +139,9 @@ def build_augmentation(
                 f"data.augmentation_probabilities.{key}: preset {name!r} has no transform {key!r} "
                 f"(it has: {', '.join(known) or 'none'})." + suggest(key, known)
             )
+    probs = {e.name: overrides.get(e.name, e.prob) for e in entries}
     transforms: list[mt.Transform] = []
     for entry in entries:
-        p = overrides.get(entry.name, entry.prob)
-        if p > 0:
-            transforms.extend(entry.build(p, spatial_dims, tuple(patch_size)))
+        if any(probs[n] > 0 for n in (entry.name, *entry.carries)):
+            transforms.extend(entry.build(probs[entry.name], spatial_dims, tuple(patch_size), probs))
     return mt.Compose(transforms)

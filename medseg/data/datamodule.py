@@ -28,6 +28,7 @@ from medseg.data.io import read_label, read_volume
 from medseg.data.manifest import Case, Manifest
 from medseg.data.preprocess import PreprocessingPlan, prepare_case
 from medseg.data.sampling import class_locations, sample_patch
+from medseg.data.spatial_augment import RandSpatialAugmentd
 from medseg.utils import atomic_path, atomic_write_text
 
 
@@ -107,7 +108,7 @@ class PatchDataset(Dataset):
         d, m = cfg.data, cfg.model
         self.patch = tuple(d.patch_size)
         self.transform = build_augmentation(d.augmentation, m.spatial_dims, self.patch, d.augmentation_probabilities)
-        has_affine = any(type(t).__name__ == "RandAffined" for t in self.transform.transforms)
+        has_affine = any(isinstance(t, RandSpatialAugmentd) for t in self.transform.transforms)
         # Spatial augmentation resamples a larger crop down to the patch, so rotated corners
         # hold image content rather than zero padding (as nnU-Net does).
         self.crop = tuple(round(s * 1.25) for s in self.patch) if has_affine else self.patch

@@ -3,6 +3,7 @@ import torch
 
 from medseg.config import ConfigError
 from medseg.data.augmentation import PRESETS, build_augmentation, preset_probabilities
+from medseg.data.spatial_augment import RandSpatialAugmentd
 from medseg.registry_names import AUGMENTATION_PRESETS
 
 
@@ -32,7 +33,13 @@ def test_presets_keep_patch_shape_and_label_values(preset, dims):
 
 def test_probability_override_and_typo():
     aug = build_augmentation("limited_data", 3, (16, 16, 16), {"elastic": 0.0})
-    assert not any("Elastic" in type(t).__name__ for t in aug.transforms)
+    (spatial,) = [t for t in aug.transforms if isinstance(t, RandSpatialAugmentd)]
+    assert spatial.elastic_prob == 0.0 and spatial.affine_prob == 0.25
+    only_elastic = build_augmentation("limited_data", 3, (16, 16, 16), {"affine": 0.0, "elastic": 0.5})
+    (spatial,) = [t for t in only_elastic.transforms if isinstance(t, RandSpatialAugmentd)]
+    assert (spatial.affine_prob, spatial.elastic_prob) == (0.0, 0.5)
+    neither = build_augmentation("limited_data", 3, (16, 16, 16), {"affine": 0.0, "elastic": 0.0})
+    assert not any(isinstance(t, RandSpatialAugmentd) for t in neither.transforms)
     with pytest.raises(ConfigError, match=r"no transform 'gama'.*Did you mean 'gamma'"):
         build_augmentation("limited_data", 3, (16, 16, 16), {"gama": 0.5})
 

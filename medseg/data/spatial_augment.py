@@ -1,0 +1,130 @@
+"""Rotation, scaling and elastic deformation as one resampling (a MONAI dict transform).
+
+MONAI's ``RandAffined`` followed by ``Rand3DElasticd`` resamples a patch twice, and the
+elastic transform smooths a dense full-resolution random field with a wide Gaussian
+(~85 ms per 40x56x40 patch on one CPU core, 4x the rest of the augmentation together).
+Training on a CPU budget cannot afford that, so this transform does what nnU-Net's and
+TorchIO's spatial augmentation do instead:
+
+* the elastic displacement is drawn on a coarse grid of control points (one every
+  ``elastic_spacing`` voxels, TorchIO's ``RandomElasticDeformation`` model) and
+  interpolated to the patch, which gives a smooth field at a tiny cost;
+* rotation, isotropic scaling and the displacement are composed into one sampling grid,
+  so the image (linear) and the label (nearest) are resampled exactly once, from the
+  larger crop that the patch sampler draws, into the patch;
+* when neither fires, the patch is a plain centre crop (no resampling at all).
+
+Each part has its own probability (``affine_prob``, ``elastic_prob``), so a preset keeps
+one overridable probability per named augmentation.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from monai.transforms import MapTransform, RandomizableTransform
+
+
+def rotation_matrix(angles: Sequence[float]) -> torch.Tensor:
+    """Rotation by ``angles`` (radians): one angle in 2D, three (about axes 0, 1, 2) in 3D."""
+    if len(angles) == 1:
+        c, s = math.cos(angles[0]), math.sin(angles[0])
+        return torch.tensor([[c, -s], [s, c]], dtype=torch.float32)
+    m = torch.eye(3)
+    for axis, a in enumerate(angles):
+        c, s = math.cos(a), math.sin(a)
+        i, j = [k for k in range(3) if k != axis]
+        r = torch.eye(3)
+        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+        m = r @ m
+    return m
+
+
+class RandSpatialAugmentd(RandomizableTransform, MapTransform):
+    """Random rotation + scaling and/or control-point elastic deformation of ``keys``.
+
+    Inputs are channel-first tensors ``(C, *crop)`` with ``crop >= patch_size`` on every
+    axis; outputs are ``(C, *patch_size)``, centred on the input. ``modes`` gives the
+    interpolation per key (``"bilinear"`` for images, ``"nearest"`` for labels); points
+    sampled outside the input read zero.
+    """
+
+    def __init__(
+        self,
+        keys: Sequence[Hashable],
+        patch_size: Sequence[int],
+        modes: Sequence[str],
+        affine_prob: float = 0.0,
+        rotate_deg: float = 0.0,
+        scale_range: tuple[float, float] = (1.0, 1.0),
+        elastic_prob: float = 0.0,
+        elastic_spacing: int = 12,
+        elastic_magnitude: float = 2.5,
+    ) -> None:
+        MapTransform.__init__(self, keys)
+        RandomizableTransform.__init__(self, prob=1.0)
+        if len(modes) != len(self.keys):
+            raise ValueError(f"modes: {len(modes)} given for {len(self.keys)} keys; give one interpolation mode per key")
+        self.patch = tuple(int(s) for s in patch_size)
+        self.modes = tuple(modes)
+        self.affine_prob, self.rotate, self.scale_range = affine_prob, math.radians(rotate_deg), scale_range
+        self.elastic_prob, self.elastic_spacing, self.elastic_magnitude = elastic_prob, elastic_spacing, elastic_magnitude
+        self._matrix: torch.Tensor | None = None
+        self._control: torch.Tensor | None = None
+
+    def randomize(self, data: Any = None) -> None:
+        dims = len(self.patch)
+        self._matrix = None
+        self._control = None
+        if self.R.rand() < self.affine_prob:
+            n_angles = 1 if dims == 2 else 3
+            angles = self.R.uniform(-self.rotate, self.rotate, n_angles).tolist()
+            scale = float(self.R.uniform(*self.scale_range))
+            self._matrix = rotation_matrix(angles) * scale
+        if self.R.rand() < self.elastic_prob:
+            points = [max(2, math.ceil(s / self.elastic_spacing) + 1) for s in self.patch]
+            # Uniform control-point displacements in voxels; their interpolation is smooth.
+            control = self.R.uniform(-self.elastic_magnitude, self.elastic_magnitude, (dims, *points))
+            self._control = torch.as_tensor(control, dtype=torch.float32)
+
+    def _grid(self, crop: Sequence[int]) -> torch.Tensor:
+        """Sampling positions for ``grid_sample``: (1, *patch, dims), normalised to the crop."""
+        dims = len(self.patch)
+        axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2.0 for n in self.patch]
+        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)  # (dims, *patch), voxels from the centre
+        if self._matrix is not None:
+            coords = torch.einsum("ij,j...->i...", self._matrix, coords)
+        if self._control is not None:
+            mode = "bilinear" if dims == 2 else "trilinear"
+            coords = coords + F.interpolate(self._control[None], size=self.patch, mode=mode, align_corners=True)[0]
+        # The patch sits where the centre crop would (its first voxel at (c - p) // 2); with
+        # align_corners=False voxel i of an axis of length m is at (2 i + 1) / m - 1.
+        dims_shape = (dims, *([1] * dims))
+        centre = [(c - p) // 2 + (p - 1) / 2.0 for c, p in zip(crop, self.patch, strict=True)]
+        size = torch.tensor([float(c) for c in crop]).view(dims_shape)
+        normalised = (2.0 * (coords + torch.tensor(centre).view(dims_shape)) + 1.0) / size - 1.0
+        # grid_sample wants (x, y[, z]) = the spatial axes in reverse order, last.
+        return normalised.flip(0).permute(*range(1, dims + 1), 0)[None]
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.randomize()
+        first = d[self.keys[0]]
+        crop = tuple(first.shape[1:])
+        if len(crop) != len(self.patch) or any(c < p for c, p in zip(crop, self.patch, strict=True)):
+            raise ValueError(f"input spatial shape {crop} is smaller than the patch {self.patch}; crop at least the patch size")
+        if self._matrix is None and self._control is None:
+            start = [(c - p) // 2 for c, p in zip(crop, self.patch, strict=True)]
+            window = tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=True))
+            for key in self.keys:
+                d[key] = torch.as_tensor(d[key])[(slice(None), *window)]
+            return d
+        grid = self._grid(crop)
+        for key, mode in zip(self.keys, self.modes, strict=True):
+            x = torch.as_tensor(d[key]).float()
+            d[key] = F.grid_sample(x[None], grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
+        return d
