@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import platform
 import subprocess
@@ -179,7 +180,7 @@ def _row(r: dict) -> str:
     d = " / ".join(f"{v:.3f}" for v in r["dice"].values())
     tta = " +TTA" if r.get("tta") else ""
     return (f"| {r['name']}{tta} | **{r['mean']:.3f}** ({d}) | {r['cases']} | {r['train_minutes']:.1f} | "
-            f"{r['steps']} | {'n/a' if r['peak_mb'] != r['peak_mb'] else format(r['peak_mb'], '.0f')} |")
+            f"{r['steps']} | {'n/a' if math.isnan(r['peak_mb']) else format(r['peak_mb'], '.0f')} |")
 
 
 def render(results: dict, args: argparse.Namespace) -> str:

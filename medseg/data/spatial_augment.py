@@ -27,21 +27,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from monai.transforms import MapTransform, RandomizableTransform
+from monai.transforms.utils import create_rotate
 
 
 def rotation_matrix(angles: Sequence[float]) -> torch.Tensor:
     """Rotation by ``angles`` (radians): one angle in 2D, three (about axes 0, 1, 2) in 3D."""
-    if len(angles) == 1:
-        c, s = math.cos(angles[0]), math.sin(angles[0])
-        return torch.tensor([[c, -s], [s, c]], dtype=torch.float32)
-    m = torch.eye(3)
-    for axis, a in enumerate(angles):
-        c, s = math.cos(a), math.sin(a)
-        i, j = [k for k in range(3) if k != axis]
-        r = torch.eye(3)
-        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
-        m = r @ m
-    return m
+    dims = 2 if len(angles) == 1 else 3
+    return torch.as_tensor(create_rotate(dims, list(angles), backend="torch"), dtype=torch.float32)[:dims, :dims]
+
+
+def _centre_start(crop: Sequence[int], patch: Sequence[int]) -> list[int]:
+    """First voxel of a patch centred in the crop (the same on both paths of the transform)."""
+    return [(c - p) // 2 for c, p in zip(crop, patch, strict=True)]
 
 
 class RandSpatialAugmentd(RandomizableTransform, MapTransform):
@@ -75,6 +72,8 @@ class RandSpatialAugmentd(RandomizableTransform, MapTransform):
         self.elastic_prob, self.elastic_spacing, self.elastic_magnitude = elastic_prob, elastic_spacing, elastic_magnitude
         self._matrix: torch.Tensor | None = None
         self._control: torch.Tensor | None = None
+        axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2.0 for n in self.patch]
+        self._coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)  # (dims, *patch), voxels from the centre
 
     def randomize(self, data: Any = None) -> None:
         dims = len(self.patch)
@@ -94,17 +93,16 @@ class RandSpatialAugmentd(RandomizableTransform, MapTransform):
     def _grid(self, crop: Sequence[int]) -> torch.Tensor:
         """Sampling positions for ``grid_sample``: (1, *patch, dims), normalised to the crop."""
         dims = len(self.patch)
-        axes = [torch.arange(n, dtype=torch.float32) - (n - 1) / 2.0 for n in self.patch]
-        coords = torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)  # (dims, *patch), voxels from the centre
+        coords = self._coords
         if self._matrix is not None:
             coords = torch.einsum("ij,j...->i...", self._matrix, coords)
         if self._control is not None:
             mode = "bilinear" if dims == 2 else "trilinear"
             coords = coords + F.interpolate(self._control[None], size=self.patch, mode=mode, align_corners=True)[0]
-        # The patch sits where the centre crop would (its first voxel at (c - p) // 2); with
-        # align_corners=False voxel i of an axis of length m is at (2 i + 1) / m - 1.
+        # The patch sits where the centre crop would; with align_corners=False voxel i of an
+        # axis of length m is at (2 i + 1) / m - 1.
         dims_shape = (dims, *([1] * dims))
-        centre = [(c - p) // 2 + (p - 1) / 2.0 for c, p in zip(crop, self.patch, strict=True)]
+        centre = [s + (p - 1) / 2.0 for s, p in zip(_centre_start(crop, self.patch), self.patch, strict=True)]
         size = torch.tensor([float(c) for c in crop]).view(dims_shape)
         normalised = (2.0 * (coords + torch.tensor(centre).view(dims_shape)) + 1.0) / size - 1.0
         # grid_sample wants (x, y[, z]) = the spatial axes in reverse order, last.
@@ -118,7 +116,7 @@ class RandSpatialAugmentd(RandomizableTransform, MapTransform):
         if len(crop) != len(self.patch) or any(c < p for c, p in zip(crop, self.patch, strict=True)):
             raise ValueError(f"input spatial shape {crop} is smaller than the patch {self.patch}; crop at least the patch size")
         if self._matrix is None and self._control is None:
-            start = [(c - p) // 2 for c, p in zip(crop, self.patch, strict=True)]
+            start = _centre_start(crop, self.patch)
             window = tuple(slice(s, s + p) for s, p in zip(start, self.patch, strict=True))
             for key in self.keys:
                 d[key] = torch.as_tensor(d[key])[(slice(None), *window)]
