@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -68,6 +69,12 @@ class DataConfig:
     """2D networks: the canonical axis (0=X, 1=Y, 2=Z) along which slices are drawn."""
     slab_slices: int = 1
     """2D networks: neighbouring slices given as channels (1 = plain 2D, 3/5 = 2.5D)."""
+    mirror_axes: list[int] | None = None
+    """Canonical axes (0=X, 1=Y, 2=Z) along which training patches are mirrored and along
+    which mirroring TTA flips (None: every axis, nnU-Net's default). Restrict it where a
+    mirrored image is impossible anatomy: e.g. [0] (left-right only) when labels are named
+    by position along another axis (hippocampus head "Anterior" vs tail "Posterior"). For a
+    2D network the slice axis is never mirrored."""
     cache: Literal["memory", "disk", "none"] = "memory"
     num_workers: int = 0
 
@@ -80,6 +87,13 @@ class ModelConfig:
     spatial_dims: Literal[2, 3] = 3
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
     """Feature maps per resolution level (len = depth)."""
+    strides: list[int] | None = None
+    """Down-sampling factor of each of the len(channels) - 1 steps between levels, 1 or 2
+    (None: 2 everywhere); patch sizes must be multiples of their product. MONAI's UNet
+    (unet, residual_unet) applies the first stride in its first block, so with all 2s it
+    never computes features at full resolution; strides [1, 2, 2, ...] give it a
+    full-resolution level. attention_unet and dynunet keep their first level at full
+    resolution and down-sample by these strides after it; segresnet takes only the default."""
     num_res_units: int = 0
     """Residual units per block (residual_unet: >= 1; unet: 0)."""
     norm: Literal["instance", "batch"] = "instance"
@@ -117,7 +131,10 @@ class TrainerConfig:
     max_time_minutes: float = 0.0
     """Stop training after this wall time (0: no limit); the best checkpoint is kept."""
     val_every_n_epochs: int = 5
-    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    precision: Literal["32", "bf16-mixed", "16-mixed", "auto"] = "32"
+    """auto: bf16-mixed on a GPU with bf16 (else 16-mixed) and on a CPU with native bf16
+    (AVX512-BF16 / AMX), else 32; the choice is logged and saved in run_manifest.json.
+    bf16 on a CPU without native support is emulated and many times slower than fp32."""
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     devices: int = 1
     num_nodes: int = 1
@@ -298,6 +315,13 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
         raise ConfigError(f"data.ct_clip: {d.ct_clip} must be [low, high] with low < high")
     if d.slice_axis not in (0, 1, 2):
         raise ConfigError(f"data.slice_axis: {d.slice_axis} must be 0, 1 or 2")
+    if d.mirror_axes is not None and (
+        any(a not in (0, 1, 2) for a in d.mirror_axes) or len(set(d.mirror_axes)) != len(d.mirror_axes)
+    ):
+        raise ConfigError(
+            f"data.mirror_axes: {d.mirror_axes} must list distinct canonical axes among 0 (X), 1 (Y), 2 (Z); "
+            "e.g. [0] for left-right only, [] for no mirroring, or null for all axes"
+        )
     if d.slab_slices < 1 or d.slab_slices % 2 == 0:
         raise ConfigError(f"data.slab_slices: {d.slab_slices} must be an odd number >= 1")
     if len(d.patch_size) != m.spatial_dims:
@@ -307,13 +331,18 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
         )
     if len(m.channels) < 2 or min(m.channels) < 1:
         raise ConfigError(f"model.channels: {m.channels} must list >= 2 positive widths")
-    factor = 2 ** (len(m.channels) - 1)
+    if m.strides is not None and (len(m.strides) != len(m.channels) - 1 or any(v not in (1, 2) for v in m.strides)):
+        raise ConfigError(
+            f"model.strides: {m.strides} must give len(model.channels) - 1 = {len(m.channels) - 1} factors, "
+            f"each 1 or 2 (e.g. {[1] + [2] * (len(m.channels) - 2)} for a full-resolution first level), or null"
+        )
+    factor = network_divisor(m)
     for size in d.patch_size:
         if size < factor or size % factor:
             raise ConfigError(
                 f"data.patch_size: {d.patch_size} is not allowed for a {len(m.channels)}-level "
                 f"network: each size must be a positive multiple of {factor} "
-                f"(2^(levels-1)); e.g. {[max(factor, round(s / factor) * factor) for s in d.patch_size]}"
+                f"(the product of the strides); e.g. {[max(factor, round(s / factor) * factor) for s in d.patch_size]}"
             )
         if size > 512:
             raise ConfigError(f"data.patch_size: {size} > 512 voxels is larger than allowed")
@@ -325,6 +354,30 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
         raise ConfigError(f"inference.overlap: {cfg.inference.overlap} is not in [0, 1)")
     _positive("inference.sw_batch_size", cfg.inference.sw_batch_size)
     return cfg
+
+
+def network_strides(m: ModelConfig) -> list[int]:
+    """The strides between the network's levels (``model.strides``, default 2 everywhere)."""
+    return list(m.strides) if m.strides is not None else [2] * (len(m.channels) - 1)
+
+
+def network_divisor(m: ModelConfig) -> int:
+    """Every patch size must be a multiple of this: the network's total down-sampling."""
+    return int(math.prod(network_strides(m)))
+
+
+def patch_mirror_axes(cfg: PipelineConfig) -> tuple[int, ...]:
+    """``data.mirror_axes`` as spatial dimensions of a training patch (0-based, no channel).
+
+    3D patches keep the canonical axis order. A 2D patch holds the two canonical axes other
+    than ``data.slice_axis``, in order; a mirror axis equal to the slice axis is dropped.
+    """
+    d = cfg.data
+    axes = (0, 1, 2) if d.mirror_axes is None else tuple(sorted(d.mirror_axes))
+    if cfg.model.spatial_dims == 3:
+        return axes
+    in_plane = [a for a in (0, 1, 2) if a != d.slice_axis]
+    return tuple(in_plane.index(a) for a in axes if a != d.slice_axis)
 
 
 def set_dotted(values: dict[str, Any], assignment: str) -> None:

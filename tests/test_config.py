@@ -91,3 +91,35 @@ def test_cli_typo_fails_fast_with_key(tmp_path):
     assert out.returncode == 2
     assert "trainer.max_epohcs" in out.stderr and "max_epochs" in out.stderr
     assert elapsed < 5.0  # generous for a loaded CI machine; typically ~0.3 s
+
+
+def test_mirror_axes_validated_and_mapped_to_patch_axes():
+    from medseg.config import patch_mirror_axes
+
+    assert patch_mirror_axes(from_dict({})) == (0, 1, 2)
+    assert patch_mirror_axes(from_dict({"data": {"mirror_axes": [2, 0]}})) == (0, 2)
+    assert patch_mirror_axes(from_dict({"data": {"mirror_axes": []}})) == ()
+    # 2D on slices along Y (axis 1): the patch holds (X, Z); X -> 0, Z -> 1, Y is dropped
+    two_d = {"model": {"spatial_dims": 2}, "data": {"patch_size": [64, 64], "slice_axis": 1}}
+    assert patch_mirror_axes(from_dict(two_d)) == (0, 1)
+    two_d["data"]["mirror_axes"] = [1, 2]
+    assert patch_mirror_axes(from_dict(two_d)) == (1,)
+    for bad in ([3], [0, 0], [-1]):
+        with pytest.raises(ConfigError, match=r"data\.mirror_axes: .* distinct canonical axes"):
+            from_dict({"data": {"mirror_axes": bad}})
+
+
+def test_precision_auto_is_accepted():
+    assert from_dict({"trainer": {"precision": "auto"}}).trainer.precision == "auto"
+
+
+def test_strides_validated_and_set_the_patch_divisor():
+    from medseg.config import network_divisor
+
+    cfg = from_dict({"model": {"channels": [8, 32, 64, 128, 256], "strides": [1, 2, 2, 2]}, "data": {"patch_size": [40, 56, 40]}})
+    assert network_divisor(cfg.model) == 8
+    with pytest.raises(ConfigError, match=r"data\.patch_size: \[40, 56, 40\] .*multiple of 16"):
+        from_dict({"model": {"channels": [8, 32, 64, 128, 256]}, "data": {"patch_size": [40, 56, 40]}})
+    for bad in ([1, 2], [1, 3, 2, 2]):
+        with pytest.raises(ConfigError, match=r"model\.strides: .* each 1 or 2"):
+            from_dict({"model": {"channels": [8, 32, 64, 128, 256], "strides": bad}})

@@ -44,7 +44,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="NIfTI file, folder of volumes, manifest, DICOM series folder or folder of them")
     p.add_argument("--output", required=True, metavar="DIR", help="output folder")
     p.add_argument("--tta", action="store_true", default=None,
-                   help="mirroring test-time augmentation (all axis flips; 8x slower in 3D)")
+                   help="mirroring test-time augmentation: every combination of flips of the axes mirrored "
+                   "in training (data.mirror_axes; all axes: 8x slower in 3D)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.add_argument("--format", choices=("nifti", "dicom-seg", "both"), default="nifti",
                    help="nifti (default), dicom-seg (DICOM inputs only) or both")

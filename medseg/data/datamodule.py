@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from medseg.config import PipelineConfig
+from medseg.config import PipelineConfig, patch_mirror_axes
 from medseg.data.augmentation import build_augmentation
 from medseg.data.io import read_label, read_volume
 from medseg.data.manifest import Case, Manifest
@@ -107,7 +107,9 @@ class PatchDataset(Dataset):
         self.cases, self.cfg, self.length = cases, cfg, length
         d, m = cfg.data, cfg.model
         self.patch = tuple(d.patch_size)
-        self.transform = build_augmentation(d.augmentation, m.spatial_dims, self.patch, d.augmentation_probabilities)
+        self.transform = build_augmentation(
+            d.augmentation, m.spatial_dims, self.patch, d.augmentation_probabilities, patch_mirror_axes(cfg)
+        )
         has_affine = any(isinstance(t, RandSpatialAugmentd) for t in self.transform.transforms)
         # Spatial augmentation resamples a larger crop down to the patch, so rotated corners
         # hold image content rather than zero padding (as nnU-Net does).

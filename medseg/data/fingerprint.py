@@ -27,6 +27,8 @@ class Fingerprint:
     """Per case, canonical order, voxels."""
     foreground_intensities: list[float] = field(default_factory=list)
     """Sampled first-channel intensities inside the labelled foreground."""
+    centroids: list[dict[int, list[float]]] = field(default_factory=list)
+    """Per labelled case: label id -> centre of mass in world (RAS+) coordinates, mm."""
 
     @property
     def median_spacing(self) -> list[float]:
@@ -44,6 +46,17 @@ def _canonical(values: tuple[float, ...] | tuple[int, ...], ornt: np.ndarray) ->
     return out
 
 
+def class_centroids(label: np.ndarray, affine: np.ndarray) -> dict[int, list[float]]:
+    """Centre of mass of each foreground label in world coordinates (mm, RAS+ as in NIfTI)."""
+    out: dict[int, list[float]] = {}
+    for cls in np.unique(label):
+        if cls == 0:
+            continue
+        centre = np.argwhere(label == cls).mean(axis=0)
+        out[int(cls)] = [float(v) for v in affine[:3, :3] @ centre + affine[:3, 3]]
+    return out
+
+
 def compute_fingerprint(cases: list[Case], seed: int = 0) -> Fingerprint:
     """Read every case once (image header + label) and collect the statistics."""
     rng = np.random.default_rng(seed)
@@ -58,6 +71,7 @@ def compute_fingerprint(cases: list[Case], seed: int = 0) -> Fingerprint:
             lab = read_label(case.label).array
             img = vol.array if vol.array.ndim == 3 else vol.array[0]
             if lab.shape == img.shape:
+                fp.centroids.append(class_centroids(lab, vol.affine))
                 values = img[lab > 0]
                 if values.size:
                     take = rng.choice(values.size, min(per_case, values.size), replace=False)

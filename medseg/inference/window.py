@@ -2,7 +2,8 @@
 
 Used by validation during training and by the :mod:`medseg.inference.predictor`. Windows
 are blended with Gaussian weights (MONAI ``sliding_window_inference``); mirroring TTA
-averages softmax probabilities over flips of every spatial axis. A 2D network predicts a
+averages softmax probabilities over every combination of flips of the axes mirrored in
+training (``data.mirror_axes``, nnU-Net's rule). A 2D network predicts a
 3D volume slice by slice along ``slice_axis`` (with ``slab_slices`` neighbouring slices
 as channels for 2.5D) and the slices are stacked back in place.
 """
@@ -16,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
-from medseg.config import PipelineConfig
+from medseg.config import PipelineConfig, patch_mirror_axes
 
 
 def _logits_only(net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -37,7 +38,7 @@ def _window_probs(
     """Softmax probabilities (B, K, *spatial) for a batch (B, C, *spatial)."""
     run = _logits_only(net)
     inf = cfg.inference
-    dims = list(range(2, x.ndim))
+    dims = [2 + a for a in patch_mirror_axes(cfg)]  # the axes mirrored in training
     flips: list[tuple[int, ...]] = [()]
     if tta:
         flips = [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]

@@ -13,6 +13,9 @@ Upsampling support (``model.upsample``):
   the only network here with deep supervision.
 * ``segresnet`` (MONAI ``SegResNet``): ``deconv``, ``nontrainable`` (interpolation then
   1x1 conv) and ``pixelshuffle``.
+
+``model.strides`` (the down-sampling between levels) is passed to every network but
+``segresnet``, which halves the resolution at every level and rejects anything else.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
-from medseg.config import ConfigError, ModelConfig, suggest
+from medseg.config import ConfigError, ModelConfig, network_strides, suggest
 from medseg.registry_names import NETWORK_NAMES
 
 Factory = Callable[[ModelConfig, int, int], nn.Module]
@@ -48,8 +51,12 @@ def _no_deep_supervision(cfg: ModelConfig) -> None:
         )
 
 
-def _strides(cfg: ModelConfig) -> list[int]:
-    return [2] * (len(cfg.channels) - 1)
+def _default_strides_only(cfg: ModelConfig) -> None:
+    if cfg.strides is not None and network_strides(cfg) != [2] * (len(cfg.channels) - 1):
+        raise ConfigError(
+            f"model.strides: {cfg.strides} is not supported by {cfg.name!r} (it halves the resolution at "
+            "every level); remove model.strides, or use unet, residual_unet, attention_unet or dynunet"
+        )
 
 
 def _unet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
@@ -62,7 +69,7 @@ def _unet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
         in_channels=in_ch,
         out_channels=out_ch,
         channels=cfg.channels,
-        strides=_strides(cfg),
+        strides=network_strides(cfg),
         num_res_units=cfg.num_res_units,
         norm=_norm(cfg),
         dropout=cfg.dropout,
@@ -84,7 +91,7 @@ def _attention_unet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
         in_channels=in_ch,
         out_channels=out_ch,
         channels=cfg.channels,
-        strides=_strides(cfg),
+        strides=network_strides(cfg),
         dropout=cfg.dropout,
     )
 
@@ -95,7 +102,7 @@ def _dynunet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
     _only_deconv(cfg)
     levels = len(cfg.channels)
     kernels = [[3] * cfg.spatial_dims] * levels
-    strides = [[1] * cfg.spatial_dims] + [[2] * cfg.spatial_dims] * (levels - 1)
+    strides = [[1] * cfg.spatial_dims] + [[s] * cfg.spatial_dims for s in network_strides(cfg)]
     return DynUNet(
         spatial_dims=cfg.spatial_dims,
         in_channels=in_ch,
@@ -116,6 +123,7 @@ def _segresnet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
     from monai.networks.nets import SegResNet
 
     _no_deep_supervision(cfg)
+    _default_strides_only(cfg)
     mode = {"deconv": "deconv", "nontrainable": "nontrainable", "pixelshuffle": "pixelshuffle"}[cfg.upsample]
     return SegResNet(
         spatial_dims=cfg.spatial_dims,

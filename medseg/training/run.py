@@ -37,6 +37,7 @@ from medseg.data.manifest import Manifest, load_manifest
 from medseg.data.preprocess import PreprocessingPlan
 from medseg.training.curves import plot_learning_curve
 from medseg.training.module import SegmentationModule, init_weights_from, module_hparams
+from medseg.training.precision import cpu_has_native_bf16, resolve_precision
 from medseg.utils import atomic_write_text
 
 log = logging.getLogger("medseg.train")
@@ -65,7 +66,7 @@ def _git_commit() -> str | None:
         return None
 
 
-def _run_manifest(cfg: PipelineConfig, run_dir: Path, split: dict[str, Any]) -> dict[str, Any]:
+def _run_manifest(cfg: PipelineConfig, run_dir: Path, split: dict[str, Any], precision: str) -> dict[str, Any]:
     import monai
     import numpy
 
@@ -79,6 +80,8 @@ def _run_manifest(cfg: PipelineConfig, run_dir: Path, split: dict[str, Any]) -> 
         "platform": platform.platform(),
         "git_commit": _git_commit(),
         "seed": cfg.trainer.seed,
+        "precision": precision,
+        "cpu_native_bf16": cpu_has_native_bf16(),
         "config_sha256": _sha((run_dir / "config.yaml").read_text(encoding="utf-8")),
         "split_sha256": _sha(json.dumps(split, sort_keys=True)),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
@@ -169,8 +172,12 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         dump(cfg, run_dir / "config.yaml")
     plan = _resolve_plan(cfg, manifest, run_dir, resume or rank > 0)
     split = load_or_make_split(run_dir / "split.json", [c.name for c in manifest.training], cfg)
+    t = cfg.trainer
+    precision = resolve_precision(t.precision, t.accelerator)
     if rank == 0:
-        atomic_write_text(run_dir / "run_manifest.json", json.dumps(_run_manifest(cfg, run_dir, split), indent=2))
+        if t.precision == "auto":
+            print(f"trainer.precision auto -> {precision}", flush=True)
+        atomic_write_text(run_dir / "run_manifest.json", json.dumps(_run_manifest(cfg, run_dir, split, precision), indent=2))
     dm = SegmentationDataModule(cfg, manifest, plan, split, cache_dir=Path(os.environ.get("MEDSEG_CACHE", run_dir / "cache")))
     module = SegmentationModule(**module_hparams(cfg, plan))
     if cfg.init_from and not resume:
@@ -181,7 +188,6 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
             f"{len(report['skipped'])} skipped, {len(report['missing'])} not in the checkpoint "
             f"(details in {run_dir / 'init_from_report.json'})"
         )
-    t = cfg.trainer
     has_val = bool(split["val"])
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/mean_dice", mode="max", save_top_k=1,
                               auto_insert_metric_name=False, enable_version_counter=False)
@@ -207,7 +213,7 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=strategy,
-        precision=t.precision,  # type: ignore[arg-type]
+        precision=precision,  # type: ignore[arg-type]
         check_val_every_n_epoch=t.val_every_n_epochs,
         limit_val_batches=1.0 if has_val else 0,
         num_sanity_val_steps=0,
@@ -234,7 +240,8 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
     if trainer.global_rank == 0:
         plot_learning_curve(run_dir / "logs", run_dir / "learning_curve.png")
         summary = {"best_checkpoint": str(best) if best else None, "best_val_mean_dice": score,
-                   "seconds": round(time.time() - start, 1), "epochs": trainer.current_epoch, "steps": trainer.global_step}
+                   "seconds": round(time.time() - start, 1), "epochs": trainer.current_epoch, "steps": trainer.global_step,
+                   "precision": precision}
         atomic_write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2))
     return TrainResult(run_dir, best, last if last.exists() else None, score, time.time() - start)
 

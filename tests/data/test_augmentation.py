@@ -49,3 +49,16 @@ def test_zero_probability_preset_is_identity():
     img = torch.randn(1, 8, 8, 8)
     out = aug({"image": img.clone(), "label": torch.zeros(1, 8, 8, 8)})
     torch.testing.assert_close(torch.as_tensor(out["image"]), img)
+
+
+@pytest.mark.parametrize("axes", [(0,), (1, 2), ()])
+def test_flips_only_along_the_allowed_axes(axes):
+    only_flip = {k: (1.0 if k == "flip" else 0.0) for k in preset_probabilities("light")}
+    aug = build_augmentation("light", 3, (6, 7, 8), only_flip, mirror_axes=axes)
+    img = torch.arange(6 * 7 * 8, dtype=torch.float32).reshape(1, 6, 7, 8)
+    out = aug({"image": img.clone(), "label": img.clone()})
+    expected = torch.flip(img, [1 + a for a in axes]) if axes else img
+    torch.testing.assert_close(torch.as_tensor(out["image"]), expected)
+    torch.testing.assert_close(torch.as_tensor(out["label"]), expected)
+    with pytest.raises(ConfigError, match=r"mirror axes \(3,\): a 3D patch has axes 0\.\.2"):
+        build_augmentation("light", 3, (6, 7, 8), only_flip, mirror_axes=(3,))

@@ -46,3 +46,30 @@ def test_2_5d_slabs_take_neighbouring_slices_as_channels() -> None:
     assert probs.shape == (2, 12, 10, 14)
     fg = probs.argmax(0)
     assert bool(fg[:, 4].all()) and int(fg.sum()) == 12 * 14  # the centre channel is the slice itself
+
+
+class RampNet(torch.nn.Module):
+    """Position-dependent logits (a ramp along Y): mirroring along Y changes its output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        ramp = torch.linspace(-2.0, 2.0, x.shape[3]).view(1, 1, 1, -1, 1)
+        d = x[:, :1] * ramp + 0.0 * self.anchor
+        return torch.cat([-d, d], dim=1)
+
+
+def test_tta_flips_only_the_axes_mirrored_in_training() -> None:
+    image = torch.rand(1, 16, 16, 16) - 0.5
+    net = RampNet().eval()
+    cfg = tiny_config()
+    cfg.data.mirror_axes = [0]
+    plain = predict_probabilities(net, image, cfg)
+    flipped = torch.flip(predict_probabilities(net, torch.flip(image, [1]), cfg), [1])
+    torch.testing.assert_close(predict_probabilities(net, image, cfg, tta=True), (plain + flipped) / 2)
+    cfg.data.mirror_axes = None  # all axes: the Y flips change the result
+    assert not torch.allclose(predict_probabilities(net, image, cfg, tta=True), (plain + flipped) / 2, atol=1e-3)
+    cfg.data.mirror_axes = []  # no mirroring in training: TTA is the plain prediction
+    torch.testing.assert_close(predict_probabilities(net, image, cfg, tta=True), plain)

@@ -51,3 +51,24 @@ def test_norm_and_dropout_are_applied():
     mods = list(net.modules())
     assert any(isinstance(m, torch.nn.BatchNorm3d) for m in mods)
     assert any(isinstance(m, torch.nn.Dropout) and m.p == pytest.approx(0.3) for m in mods)
+
+
+@pytest.mark.parametrize("name", ["unet", "residual_unet", "attention_unet", "dynunet"])
+def test_strides_give_a_full_resolution_level(name):
+    """strides [1, 2]: 12 voxels (a multiple of 2, not of 4) work, and the first conv is at full resolution."""
+    cfg = ModelConfig(name=name, channels=[4, 8, 16], strides=[1, 2])
+    net = build_network(cfg, 1, 3).eval()
+    first = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d))
+    assert first.stride == (1, 1, 1)
+    with torch.no_grad():
+        assert net(torch.randn(1, 1, 12, 12, 12)).shape == (1, 3, 12, 12, 12)
+    default_first = next(m for m in build_network(ModelConfig(name=name, channels=[4, 8, 16]), 1, 3).modules()
+                         if isinstance(m, torch.nn.Conv3d))
+    # MONAI's UNet down-samples in its first block; AttentionUnet and DynUNet start at full resolution
+    assert default_first.stride == ((2, 2, 2) if name in ("unet", "residual_unet") else (1, 1, 1))
+
+
+def test_strides_rejected_where_unsupported():
+    with pytest.raises(ConfigError, match=r"model\.strides: \[1, 2\] is not supported by 'segresnet'"):
+        build_network(ModelConfig(name="segresnet", channels=[4, 8, 16], strides=[1, 2]), 1, 2)
+    build_network(ModelConfig(name="segresnet", channels=[4, 8, 16], strides=[2, 2]), 1, 2)  # the default is fine
