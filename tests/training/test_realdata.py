@@ -33,7 +33,7 @@ def test_family_trains_on_real_hippocampus(shared_data, tmp_path, extra, repo_ro
     small.write_text(json.dumps(manifest))
     cfg = load(
         repo_root / "pipelines" / "hippocampus_3d.yaml",
-        [f"data.manifest={small}", "model.channels=[8,16,32,64]", "trainer.max_epochs=1", "trainer.steps_per_epoch=4",
+        [f"data.manifest={small}", "model.channels=[4,8,16,32,64]", "trainer.max_epochs=1", "trainer.steps_per_epoch=4",
          "trainer.val_every_n_epochs=1", "trainer.progress_bar=false", "trainer.max_time_minutes=0", *extra],
     )
     result = train(cfg, tmp_path / "run")
