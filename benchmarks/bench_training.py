@@ -1,15 +1,15 @@
 """Training benchmark on the real Decathlon hippocampus data (issue: training).
 
-Three parts, each recorded in benchmarks/RESULTS.md ("## Training"):
+Three parts, each recorded in benchmarks/RESULTS.md, in the section of this machine's CPU
+model ("## Training on <CPU>, <n> cores"; other machines' sections are kept):
 
 1. ``--main``: ``medseg train pipelines/hippocampus_3d.yaml`` for a wall-time budget
    (default 30 min), then ``medseg predict`` on the held-out validation split in the
    original geometry and ``medseg evaluate``: per-structure held-out Dice, wall time, peak
-   resident memory of the training process.
+   resident memory of the training process. A ``commentary`` string in ``results.json``
+   (what the runs show, written by whoever ran them) is printed under the table.
 2. ``--families``: the same for each network family (3D U-Net, attention, residual, 2D)
    at ``--family-minutes`` each.
-   A ``commentary`` string in ``results.json`` (what the runs show, written by whoever ran
-   them) is printed under the table.
 3. ``--throughput``: steady-state training steps/s of medseg's loop (Lightning, cached
    preprocessing, patch sampler, augmentation) against a plain MONAI loop (CacheDataset +
    LoadImaged/Orientationd/Spacingd/NormalizeIntensityd/RandCropByPosNegLabeld + the same

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from medseg.config import PipelineConfig
 from medseg.data.io import read_label, read_volume
@@ -48,13 +49,9 @@ def _canonical(values: tuple[float, ...] | tuple[int, ...], ornt: np.ndarray) ->
 
 def class_centroids(label: np.ndarray, affine: np.ndarray) -> dict[int, list[float]]:
     """Centre of mass of each foreground label in world coordinates (mm, RAS+ as in NIfTI)."""
-    out: dict[int, list[float]] = {}
-    for cls in np.unique(label):
-        if cls == 0:
-            continue
-        centre = np.argwhere(label == cls).mean(axis=0)
-        out[int(cls)] = [float(v) for v in affine[:3, :3] @ centre + affine[:3, 3]]
-    return out
+    ids = [int(c) for c in np.unique(label) if c != 0]
+    centres = ndimage.center_of_mass(np.ones(label.shape, np.uint8), label, ids)  # one pass over the volume
+    return {c: [float(v) for v in affine[:3, :3] @ np.asarray(centre) + affine[:3, 3]] for c, centre in zip(ids, centres, strict=True)}
 
 
 def compute_fingerprint(cases: list[Case], seed: int = 0) -> Fingerprint:

@@ -52,7 +52,7 @@ def _no_deep_supervision(cfg: ModelConfig) -> None:
 
 
 def _default_strides_only(cfg: ModelConfig) -> None:
-    if cfg.strides is not None and network_strides(cfg) != [2] * (len(cfg.channels) - 1):
+    if network_strides(cfg) != [2] * (len(cfg.channels) - 1):
         raise ConfigError(
             f"model.strides: {cfg.strides} is not supported by {cfg.name!r} (it halves the resolution at "
             "every level); remove model.strides, or use unet, residual_unet, attention_unet or dynunet"
