@@ -121,6 +121,10 @@ class OptimConfig:
     warmup_epochs: int = 0
     grad_clip: float = 12.0
     """Clip the gradient norm (0: off)."""
+    ema_decay: float = 0.0
+    """Keep an exponential moving average of the weights with this decay per step (0: off;
+    e.g. 0.999 averages over ~1000 steps). Validation, best/last checkpoints, predictions
+    and ``init_from`` use the averaged weights; ``--resume`` restores both."""
 
 
 @dataclass
@@ -301,6 +305,11 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
     _positive("data.batch_size", d.batch_size)
     _positive("optim.lr", cfg.optim.lr)
     _positive("optim.grad_clip", cfg.optim.grad_clip, allow_zero=True)
+    if not 0.0 <= cfg.optim.ema_decay < 1.0:
+        raise ConfigError(
+            f"optim.ema_decay: {cfg.optim.ema_decay} is not in [0, 1); use 0 for no weight averaging "
+            "or e.g. 0.999 to average over ~1000 steps"
+        )
     if not 0.0 <= d.foreground_ratio <= 1.0:
         raise ConfigError(f"data.foreground_ratio: {d.foreground_ratio} is not in [0, 1]")
     if not 0.0 <= d.val_fraction < 1.0:

@@ -43,6 +43,8 @@ def test_impossible_values():
         from_dict({"data": {"patch_size": [1024, 64, 64]}})
     with pytest.raises(ConfigError, match=r"spatial_dims is 2"):
         from_dict({"model": {"spatial_dims": 2}})
+    with pytest.raises(ConfigError, match=r"optim\.ema_decay: 1\.0 is not in \[0, 1\).*0\.999"):
+        from_dict({"optim": {"ema_decay": 1.0}})
 
 
 def test_unknown_network_and_preset_suggest():

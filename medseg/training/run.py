@@ -24,6 +24,7 @@ import torch
 from pytorch_lightning.callbacks import (
     Callback,
     EarlyStopping,
+    EMAWeightAveraging,
     ModelCheckpoint,
     OnExceptionCheckpoint,
 )
@@ -198,6 +199,10 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         callbacks.append(EarlyStopping("val/mean_dice", mode="max", patience=t.early_stopping_patience))
     if t.max_time_minutes:
         callbacks.append(_TimeBudget(t.max_time_minutes * 60.0))
+    if cfg.optim.ema_decay:
+        # Lightning swaps the averaged weights in for validation and writes them as the
+        # checkpoint's state_dict (the trained ones under current_model_state, for --resume)
+        callbacks.append(EMAWeightAveraging(decay=cfg.optim.ema_decay))
     # A resumed run logs into logs/resume_<n>/ (Lightning's CSV logger would otherwise
     # overwrite the first run's metrics.csv); the learning curve merges all of them.
     log_version = f"resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}" if resume else ""

@@ -88,6 +88,26 @@ def test_resume_continues_from_last_checkpoint(phantoms, tmp_path):
     assert second["epoch"] == 1 and second["global_step"] == 6  # continued, not restarted
 
 
+def test_ema_weights_are_validated_saved_and_resumed(phantoms, tmp_path):
+    """optim.ema_decay: checkpoints hold the averaged weights (what predictions load) and
+    the trained ones for --resume, which continues both."""
+    from medseg.training.module import load_network
+
+    run = tmp_path / "run"
+    train(tiny_cfg(phantoms, "trainer.max_epochs=1", "optim.ema_decay=0.5"), run)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    averaged, trained = ckpt["state_dict"], ckpt["current_model_state"]
+    assert averaged.keys() == trained.keys()
+    assert any(not torch.equal(averaged[k], trained[k]) for k in averaged if k.startswith("net."))
+    net, _, _ = load_network(run / "checkpoints" / "last.ckpt")
+    for name, tensor in net.state_dict().items():
+        assert torch.equal(tensor, averaged["net." + name])
+    train(tiny_cfg(phantoms, "trainer.max_epochs=2", "optim.ema_decay=0.5"), run, resume=True)
+    resumed = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert resumed["global_step"] == 6 and "current_model_state" in resumed
+    assert any(not torch.equal(resumed["state_dict"][k], averaged[k]) for k in averaged if k.startswith("net."))
+
+
 def test_kill_mid_epoch_then_resume(phantoms, tmp_path):
     """A training process killed mid-run resumes with --resume from the CLI."""
     run = tmp_path / "run"
