@@ -6,8 +6,8 @@ model ("## Training on <CPU>, <n> cores"; other machines' sections are kept):
 1. ``--main``: ``medseg train pipelines/hippocampus_3d.yaml`` for a wall-time budget
    (default 30 min), then ``medseg predict`` on the held-out validation split in the
    original geometry and ``medseg evaluate``: per-structure held-out Dice, wall time, peak
-   resident memory of the training process. A ``commentary`` string in ``results.json``
-   (what the runs show, written by whoever ran them) is printed under the table.
+   resident memory of the training process. A ``commentary`` string in the machine's
+   results file (what the runs show, written by whoever ran them) is printed under the table.
 2. ``--families``: the same for each network family (3D U-Net, attention, residual, 2D)
    at ``--family-minutes`` each.
 3. ``--throughput``: steady-state training steps/s of medseg's loop (Lightning, cached
@@ -17,6 +17,11 @@ model ("## Training on <CPU>, <n> cores"; other machines' sections are kept):
    measured in the same run.
 
     python benchmarks/bench_training.py --data ../shared/data/Task04_Hippocampus --main --families --throughput
+
+Each machine kind's results accumulate in a tracked file, ``benchmarks/results/training-<cpu>.json``
+(one per RESULTS.md section), so a later run from a fresh clone adds to that machine's table
+instead of replacing it; ``--no-record`` keeps them in ``<output>/results.json`` instead.
+Without an action flag the script re-renders the section from that file.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import json
 import math
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -37,14 +43,17 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from _results import cpu_model, machine_line, update_section  # noqa: E402
 
 PIPELINE = REPO / "pipelines" / "hippocampus_3d.yaml"
-# Each family differs from the shipped pipeline only in its network (set explicitly, so the
+# Each family differs from the shipped pipeline only in its network (set in full, so the
 # families stay what their names say whatever network the pipeline ships); everything else
-# (data, split, augmentation, precision, schedule, budget) is shared.
+# (data, split, augmentation, precision, schedule, budget) is shared. Each has an 8-channel
+# full-resolution level (AttentionUnet's first level is always at full resolution).
+_FULL_RES = ["model.deep_supervision=false", "model.channels=[8,32,64,128,256]", "model.strides=[1,2,2,2]"]
 FAMILIES = {
-    "unet_3d": ["model.name=unet", "model.num_res_units=0"],
-    "attention_unet_3d": ["model.name=attention_unet", "model.num_res_units=0"],
-    "residual_unet_3d": ["model.name=residual_unet", "model.num_res_units=2"],
-    "residual_unet_2d": ["model.name=residual_unet", "model.num_res_units=2", "model.spatial_dims=2",
+    "unet_3d": ["model.name=unet", "model.num_res_units=0", *_FULL_RES],
+    "attention_unet_3d": ["model.name=attention_unet", "model.deep_supervision=false",
+                          "model.channels=[8,32,64,128]", "model.strides=[2,2,2]"],
+    "residual_unet_3d": ["model.name=residual_unet", "model.num_res_units=2", *_FULL_RES],
+    "residual_unet_2d": ["model.name=residual_unet", "model.num_res_units=2", *_FULL_RES, "model.spatial_dims=2",
                          "data.patch_size=[56,40]", "data.slice_axis=0", "data.batch_size=16"],
 }
 
@@ -152,7 +161,10 @@ def main() -> int:
         print(f"{data}: no dataset.json; pass --data PATH/Task04_Hippocampus")
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    results_path = out / "results.json"
+    results_path = out / "results.json" if args.no_record else machine_results_file()
+    if not results_path.exists() and (out / "results.json").exists():  # kept by an earlier version of this script
+        results_path.parent.mkdir(parents=True, exist_ok=True)
+        results_path.write_text((out / "results.json").read_text(encoding="utf-8"), encoding="utf-8")
     results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.exists() else {}
     if "main" in results and "main_runs" not in results:  # results of an earlier version of this script
         results["main_runs"] = {results["main"]["name"]: results["main"]}
@@ -172,7 +184,9 @@ def main() -> int:
         results["family_minutes"] = args.family_minutes
     if args.throughput:
         results["throughput"] = throughput(data, args.throughput_steps)
-    results_path.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    tmp = results_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(results, indent=2), encoding="utf-8")
+    tmp.replace(results_path)
     if not args.no_record:
         update_section(section_title(), render(results, args))
     print(render(results, args))
@@ -182,6 +196,12 @@ def main() -> int:
 def section_title() -> str:
     """One RESULTS.md section per CPU model: a run on another machine kind keeps the others."""
     return f"Training on {cpu_model()}, {os.cpu_count()} cores"
+
+
+def machine_results_file() -> Path:
+    """The tracked results of this machine kind (the data behind its RESULTS.md section)."""
+    slug = re.sub(r"[^a-z0-9]+", "-", section_title().removeprefix("Training on ").lower()).strip("-")
+    return REPO / "benchmarks" / "results" / f"training-{slug}.json"
 
 
 def shipped_pipeline() -> str:
