@@ -119,9 +119,10 @@ def test_proposal_carries_the_benchmark_recipe(tmp_path):
     manifest = load_manifest(write_ct_dataset(tmp_path, [(1.0, 1.0, 3.0)] * 3))
     proposal = propose_pipeline(manifest)
     cfg = from_dict(proposal)
-    # a full-resolution first level (stride 1) above 32-64-128-256, precision chosen per machine
-    assert cfg.model.channels == [8, 32, 64, 128, 256] and cfg.model.strides == [1, 2, 2, 2]
+    # the benchmark's thin DynUNet with deep supervision, precision chosen per machine
+    assert cfg.model.name == "dynunet" and cfg.model.deep_supervision
+    assert cfg.model.channels == [8, 16, 32, 64, 128] and cfg.model.strides == [2, 2, 2, 1]
     assert cfg.trainer.precision == "auto" and cfg.data.augmentation == "limited_data"
-    assert cfg.data.batch_size == 4  # a small patch
+    assert cfg.data.batch_size == 2
     assert all(s % 8 == 0 for s in cfg.data.patch_size)
     assert "mirror_axes" not in proposal["data"]  # one structure: every axis may be mirrored

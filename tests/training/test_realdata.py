@@ -11,17 +11,22 @@ from medseg.training.run import train
 pytestmark = [pytest.mark.realdata, pytest.mark.slow]
 
 
+FAMILY = ["model.deep_supervision=false", "model.strides=[1,2,2,2]"]
+SLICES = ["model.spatial_dims=2", "data.patch_size=[56,40]", "data.slice_axis=0"]
+
+
 @pytest.mark.parametrize(
     "extra",
     [
         [],
-        ["model.name=attention_unet"],
-        ["model.name=residual_unet"],
-        ["model.spatial_dims=2", "data.patch_size=[56,40]", "data.slice_axis=0"],
-        ["model.name=attention_unet", "model.spatial_dims=2", "data.patch_size=[56,40]", "data.slice_axis=0"],
-        ["model.name=residual_unet", "model.spatial_dims=2", "data.patch_size=[56,40]", "data.slice_axis=0"],
+        [*FAMILY, "model.name=unet"],
+        [*FAMILY, "model.name=attention_unet"],
+        [*FAMILY, "model.name=residual_unet"],
+        [*FAMILY, "model.name=unet", *SLICES],
+        [*FAMILY, "model.name=attention_unet", *SLICES],
+        [*FAMILY, "model.name=residual_unet", *SLICES],
     ],
-    ids=["unet3d", "attention3d", "residual3d", "unet2d", "attention2d", "residual2d"],
+    ids=["shipped", "unet3d", "attention3d", "residual3d", "unet2d", "attention2d", "residual2d"],
 )
 def test_family_trains_on_real_hippocampus(shared_data, tmp_path, extra, repo_root):
     src = shared_data / "Task04_Hippocampus" / "dataset.json"
