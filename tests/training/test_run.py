@@ -88,7 +88,7 @@ def test_resume_continues_from_last_checkpoint(phantoms, tmp_path):
     assert second["epoch"] == 1 and second["global_step"] == 6  # continued, not restarted
 
 
-def test_ema_weights_are_validated_saved_and_resumed(phantoms, tmp_path):
+def test_ema_weights_are_saved_loaded_and_resumed(phantoms, tmp_path):
     """optim.ema_decay: checkpoints hold the averaged weights (what predictions load) and
     the trained ones for --resume, which continues both."""
     from medseg.training.module import load_network
