@@ -42,6 +42,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from _results import cpu_model, machine_line, update_section  # noqa: E402
 
+from medseg.utils import atomic_write_text  # noqa: E402
+
 PIPELINE = REPO / "pipelines" / "hippocampus_3d.yaml"
 # Each family differs from the shipped pipeline only in its network (set in full, so the
 # families stay what their names say whatever network the pipeline ships); everything else
@@ -162,9 +164,6 @@ def main() -> int:
         return 2
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json" if args.no_record else machine_results_file()
-    if not results_path.exists() and (out / "results.json").exists():  # kept by an earlier version of this script
-        results_path.parent.mkdir(parents=True, exist_ok=True)
-        results_path.write_text((out / "results.json").read_text(encoding="utf-8"), encoding="utf-8")
     results = json.loads(results_path.read_text(encoding="utf-8")) if results_path.exists() else {}
     if "main" in results and "main_runs" not in results:  # results of an earlier version of this script
         results["main_runs"] = {results["main"]["name"]: results["main"]}
@@ -184,9 +183,8 @@ def main() -> int:
         results["family_minutes"] = args.family_minutes
     if args.throughput:
         results["throughput"] = throughput(data, args.throughput_steps)
-    tmp = results_path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(results, indent=2), encoding="utf-8")
-    tmp.replace(results_path)
+    results_path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(results_path, json.dumps(results, indent=2))
     if not args.no_record:
         update_section(section_title(), render(results, args))
     print(render(results, args))
