@@ -251,6 +251,8 @@ def render(results: dict, args: argparse.Namespace) -> str:
                   "augmentation, precision, schedule, budget); the 2D family is the residual U-Net on sagittal slices "
                   "(axis 0, batch 16), predicted slice by slice and stacked back.", "",
                   head, *[_row(r) for r in results["families"].values()], "",
+                  "Network of each family (overrides of the shipped pipeline):", "",
+                  *[f"- {k}: `{' '.join(r.get('overrides', FAMILIES.get(k, [])))}`" for k, r in results["families"].items()], "",
                   f"Command: `python benchmarks/bench_training.py --families --family-minutes {results.get('family_minutes')}`", ""]
     if "throughput" in results:
         t = results["throughput"]
