@@ -15,6 +15,7 @@ import os
 import platform
 import subprocess
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,10 +162,11 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = run_dir / "checkpoints"
-    last = ckpt_dir / "last.ckpt"
-    if resume and not (last.exists() or (ckpt_dir / "interrupted.ckpt").exists()):
+    last, interrupted = ckpt_dir / "last.ckpt", ckpt_dir / "interrupted.ckpt"
+    if resume and not (last.exists() or interrupted.exists()):
         raise FileNotFoundError(f"{last}: nothing to resume from; run without --resume to start training")
-    if not resume and last.exists():
+    if not resume and (last.exists() or interrupted.exists()):
+        # (Lightning's fit would otherwise silently resume from interrupted.ckpt)
         raise FileExistsError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --output")
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -233,11 +235,15 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
     )
     if resume:
         # an interrupted run (Ctrl-C, exception) leaves interrupted.ckpt mid-epoch: take the newer
-        interrupted = ckpt_dir / "interrupted.ckpt"
         newest = max((p for p in (last, interrupted) if p.exists()), key=lambda p: p.stat().st_mtime)
         trainer.fit(module, datamodule=dm, ckpt_path=str(newest))
     else:
-        trainer.fit(module, datamodule=dm)
+        with warnings.catch_warnings():
+            # With OnExceptionCheckpoint, Lightning turns a fresh fit's ckpt_path=None into "last"
+            # and warns twice that there is nothing to load: true, and expected, for a new run.
+            warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
+            warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
+            trainer.fit(module, datamodule=dm)
     best = Path(best_cb.best_model_path) if has_val and best_cb.best_model_path else None
     if best is None and (ckpt_dir / "best.ckpt").exists():
         best = ckpt_dir / "best.ckpt"

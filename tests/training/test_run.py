@@ -45,8 +45,10 @@ def tiny_cfg(manifest: Path, *extra: str):
     return from_dict({}, [f"data.manifest={manifest}", *TINY, *extra])
 
 
-def test_run_directory_contents(phantoms, tmp_path):
+def test_run_directory_contents(phantoms, tmp_path, recwarn):
     result = train(tiny_cfg(phantoms), tmp_path / "run")
+    # Lightning's "nothing to resume" warnings are noise on a fresh run
+    assert not [w for w in recwarn if "ckpt_path" in str(w.message)]
     run = tmp_path / "run"
     for name in ("config.yaml", "preprocessing.json", "split.json", "run_manifest.json", "train_summary.json",
                  "learning_curve.png", "logs/metrics.csv", "checkpoints/best.ckpt", "checkpoints/last.ckpt"):
@@ -58,6 +60,14 @@ def test_run_directory_contents(phantoms, tmp_path):
     assert best_checkpoint(run) == run / "checkpoints" / "best.ckpt"
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny_cfg(phantoms), run)
+
+
+def test_fresh_run_refuses_a_directory_with_an_interrupted_checkpoint(phantoms, tmp_path):
+    # Lightning would silently resume from it; only --resume may
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoints" / "interrupted.ckpt").write_bytes(b"")
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(tiny_cfg(phantoms), tmp_path / "run")
 
 
 @pytest.mark.parametrize(
