@@ -9,7 +9,7 @@ model ("## Training on <CPU>, <n> cores"; other machines' sections are kept):
    resident memory of the training process. A ``commentary`` string in the machine's
    results file (what the runs show, written by whoever ran them) is printed under the table.
 2. ``--families``: the same for each network family (3D U-Net, attention, residual, 2D)
-   at ``--family-minutes`` each.
+   at ``--family-minutes`` each (``family_commentary`` in the results file is printed under it).
 3. ``--throughput``: steady-state training steps/s of medseg's loop (Lightning, cached
    preprocessing, patch sampler, augmentation) against a plain MONAI loop (CacheDataset +
    LoadImaged/Orientationd/Spacingd/NormalizeIntensityd/RandCropByPosNegLabeld + the same
@@ -253,6 +253,7 @@ def render(results: dict, args: argparse.Namespace) -> str:
                   head, *[_row(r) for r in results["families"].values()], "",
                   "Network of each family (overrides of the shipped pipeline):", "",
                   *[f"- {k}: `{' '.join(r.get('overrides', FAMILIES.get(k, [])))}`" for k, r in results["families"].items()], "",
+                  *([results["family_commentary"], ""] if results.get("family_commentary") else []),
                   f"Command: `python benchmarks/bench_training.py --families --family-minutes {results.get('family_minutes')}`", ""]
     if "throughput" in results:
         t = results["throughput"]
