@@ -183,7 +183,6 @@ def main() -> int:
         results["family_minutes"] = args.family_minutes
     if args.throughput:
         results["throughput"] = throughput(data, args.throughput_steps)
-    results_path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(results_path, json.dumps(results, indent=2))
     if not args.no_record:
         update_section(section_title(), render(results, args))
