@@ -25,6 +25,7 @@ from medseg.config import PipelineConfig, from_dict
 from medseg.data.preprocess import PreprocessingPlan
 from medseg.inference.window import predict_probabilities
 from medseg.models.registry import build_network
+from medseg.training.layout import resolve_memory_format
 from medseg.training.losses import build_loss, deep_supervision_loss
 
 
@@ -61,6 +62,15 @@ class SegmentationModule(pl.LightningModule):
         self._val_sum = torch.zeros(self.num_classes - 1, dtype=torch.float64)
         self._val_count = torch.zeros(self.num_classes - 1, dtype=torch.float64)
         self._fit_started: float | None = None
+        self._memory_format: torch.memory_format | None = None
+
+    def setup(self, stage: str) -> None:
+        # Before Lightning moves the module to its device and builds the optimiser, so the
+        # optimiser's state is created in the same layout as the weights.
+        device = self.trainer.strategy.root_device.type if self._trainer is not None else "cpu"
+        self._memory_format = resolve_memory_format(self.cfg.trainer.memory_format, device, self.cfg.model.spatial_dims)
+        if self._memory_format is not None:
+            self.net.to(memory_format=self._memory_format)  # type: ignore[call-overload]  # (missing from the stubs)
 
     def on_fit_start(self) -> None:
         self._fit_started = time.monotonic()
@@ -69,7 +79,10 @@ class SegmentationModule(pl.LightningModule):
         return self.net(x)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.net(batch["image"])
+        image = batch["image"]
+        if self._memory_format is not None:
+            image = image.contiguous(memory_format=self._memory_format)
+        out = self.net(image)
         if self.cfg.model.deep_supervision and out.ndim == batch["image"].ndim + 1:
             loss = deep_supervision_loss(self.loss, out, batch["label"])
         else:
