@@ -1,28 +1,66 @@
 """Choose the tensor memory layout for training (``trainer.memory_format: auto``).
 
-oneDNN's CPU convolutions are much faster on channels-last tensors (N, *spatial, C in
-memory) than on PyTorch's default channels-first layout, above all in the backward pass:
-for the hippocampus DynUNet (8-128 channels, 40x56x40 patches, batch 2) on a 2-core AMD
-EPYC a 3D convolution's backward pass took 2x less time and a whole training step 1.29x
-less (308 ms vs 396 ms), with the same arithmetic and the same results up to rounding.
-``auto`` therefore trains channels-last on a CPU and keeps PyTorch's default on a GPU,
-where the gain depends on cuDNN, the precision and the network (set ``channels_last`` to
-try it there).
+oneDNN's CPU convolutions can be much faster on channels-last tensors (N, *spatial, C in
+memory) than in PyTorch's default channels-first layout, above all in the backward pass,
+but not for every network: on a 2-core AMD EPYC a training step of the hippocampus
+DynUNet (8-128 channels, 40x56x40, batch 2) took 308 ms channels-last against 396 ms, the
+attention U-Net gained 1.10x, and the demo's MONAI UNet (16-128, 64x64x48) *lost* (106 ms
+against 95 ms). So ``auto`` on a CPU times a few training steps of the actual network on a
+batch of the configured shape in both layouts (a copy of the network, so nothing is
+trained) and keeps the faster; on a GPU it keeps PyTorch's default. ``channels_last`` /
+``contiguous`` force a layout. Results are the same up to rounding either way.
 """
 
 from __future__ import annotations
 
+import copy
+import time
+from collections.abc import Callable
+
 import torch
 
+Timer = Callable[[torch.nn.Module, torch.Tensor, "torch.memory_format | None"], float]
 
-def resolve_memory_format(requested: str, device_type: str, spatial_dims: int) -> torch.memory_format | None:
-    """The layout to train in, or None for PyTorch's default (contiguous, channels-first).
 
-    ``requested``: "auto" (channels-last on a CPU), "channels_last" or "contiguous";
-    ``device_type``: the torch device type the model trains on ("cpu", "cuda", ...).
-    """
-    if requested == "contiguous" or (requested == "auto" and device_type != "cpu"):
-        return None
-    if requested not in ("auto", "channels_last"):
-        raise ValueError(f"trainer.memory_format: {requested!r}; expected auto, channels_last or contiguous")
+def channels_last_format(spatial_dims: int) -> torch.memory_format:
     return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
+
+
+def step_seconds(net: torch.nn.Module, example: torch.Tensor, memory_format: torch.memory_format | None) -> float:
+    """Wall time of one forward + backward pass of ``net`` on ``example`` in ``memory_format``."""
+    x = example if memory_format is None else example.contiguous(memory_format=memory_format)
+    start = time.perf_counter()
+    out = net(x)
+    (out[0] if isinstance(out, list | tuple) else out).float().mean().backward()
+    return time.perf_counter() - start
+
+
+def choose_memory_format(
+    requested: str, device_type: str, net: torch.nn.Module, example: torch.Tensor, repeats: int = 3,
+    timer: Timer = step_seconds,
+) -> tuple[torch.memory_format | None, str]:
+    """(layout to train in, or None for PyTorch's default; a line saying why).
+
+    ``example``: a batch of the training shape (B, C, *spatial) on the training device.
+    ``net`` itself is left untouched: the timing runs on a copy.
+    """
+    fmt = channels_last_format(example.ndim - 2)
+    if requested == "channels_last":
+        return fmt, "channels_last (requested)"
+    if requested == "contiguous":
+        return None, "contiguous (requested)"
+    if requested != "auto":
+        raise ValueError(f"trainer.memory_format: {requested!r}; expected auto, channels_last or contiguous")
+    if device_type != "cpu":
+        return None, f"contiguous (PyTorch's default on {device_type})"
+    trial = {None: copy.deepcopy(net).train(), fmt: copy.deepcopy(net).train().to(memory_format=fmt)}  # type: ignore[call-overload]
+    best: dict[torch.memory_format | None, float] = {}
+    for i in range(repeats + 1):  # the first round warms oneDNN's caches up and is not counted
+        for layout, model in trial.items():
+            seconds = timer(model, example, layout)
+            model.zero_grad(set_to_none=True)
+            if i:
+                best[layout] = min(best.get(layout, seconds), seconds)
+    choice = fmt if best[fmt] < best[None] else None
+    name = "channels_last" if choice is not None else "contiguous"
+    return choice, f"{name} (a training step: {best[fmt] * 1000:.0f} ms channels-last, {best[None] * 1000:.0f} ms contiguous)"

@@ -25,7 +25,7 @@ from medseg.config import PipelineConfig, from_dict
 from medseg.data.preprocess import PreprocessingPlan
 from medseg.inference.window import predict_probabilities
 from medseg.models.registry import build_network
-from medseg.training.layout import resolve_memory_format
+from medseg.training.layout import choose_memory_format
 from medseg.training.losses import build_loss, deep_supervision_loss
 
 
@@ -67,9 +67,20 @@ class SegmentationModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         # Before Lightning moves the module to its device and builds the optimiser, so the
         # optimiser's state is created in the same layout as the weights.
-        device = self.trainer.strategy.root_device.type if self._trainer is not None else "cpu"
-        self._memory_format = resolve_memory_format(self.cfg.trainer.memory_format, device, self.cfg.model.spatial_dims)
-        if self._memory_format is not None:
+        if stage != "fit":
+            return
+        trainer = self._trainer
+        device = trainer.strategy.root_device.type if trainer is not None else "cpu"
+        d = self.cfg.data
+        example = torch.randn(d.batch_size, in_channels(self.cfg, self.plan), *d.patch_size)
+        fmt, why = choose_memory_format(self.cfg.trainer.memory_format, device, self.net, example)
+        if trainer is not None and trainer.world_size > 1:
+            # every rank must hold its weights in the same layout (DDP's gradient buckets)
+            fmt, why = trainer.strategy.broadcast((fmt, why), src=0)
+        if trainer is None or trainer.is_global_zero:
+            print(f"trainer.memory_format {self.cfg.trainer.memory_format} -> {why}", flush=True)
+        self._memory_format = fmt
+        if fmt is not None:
             self.net.to(memory_format=self._memory_format)  # type: ignore[call-overload]  # (missing from the stubs)
 
     def on_fit_start(self) -> None:
