@@ -63,6 +63,8 @@ class SegmentationModule(pl.LightningModule):
         self._val_count = torch.zeros(self.num_classes - 1, dtype=torch.float64)
         self._fit_started: float | None = None
         self._memory_format: torch.memory_format | None = None
+        self.memory_format_choice = "not chosen (no fit)"
+        """What ``trainer.memory_format`` resolved to and why (saved in train_summary.json)."""
 
     def setup(self, stage: str) -> None:
         # Before Lightning moves the module to its device and builds the optimiser, so the
@@ -79,7 +81,7 @@ class SegmentationModule(pl.LightningModule):
             fmt, why = trainer.strategy.broadcast((fmt, why), src=0)
         if trainer is None or trainer.is_global_zero:
             print(f"trainer.memory_format {self.cfg.trainer.memory_format} -> {why}", flush=True)
-        self._memory_format = fmt
+        self._memory_format, self.memory_format_choice = fmt, why
         if fmt is not None:
             self.net.to(memory_format=self._memory_format)  # type: ignore[call-overload]  # (missing from the stubs)
 

@@ -252,7 +252,7 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         plot_learning_curve(run_dir / "logs", run_dir / "learning_curve.png")
         summary = {"best_checkpoint": str(best) if best else None, "best_val_mean_dice": score,
                    "seconds": round(time.time() - start, 1), "epochs": trainer.current_epoch, "steps": trainer.global_step,
-                   "precision": precision}
+                   "precision": precision, "memory_format": module.memory_format_choice}
         atomic_write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2))
     return TrainResult(run_dir, best, last if last.exists() else None, score, time.time() - start)
 

@@ -7,6 +7,7 @@ import functools
 import json
 import operator
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,8 @@ def test_run_directory_contents(phantoms, tmp_path, recwarn):
     manifest = json.loads((run / "run_manifest.json").read_text(encoding="utf-8"))
     assert {"medseg", "monai", "torch", "pytorch_lightning", "seed", "config_sha256", "split_sha256"} <= set(manifest)
     assert result.best_val_dice is not None and 0.0 <= result.best_val_dice <= 1.0
+    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
+    assert re.match(r"(channels_last|contiguous) \(a training step: \d+ ms channels-last", summary["memory_format"])
     assert best_checkpoint(run) == run / "checkpoints" / "best.ckpt"
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny_cfg(phantoms), run)
