@@ -30,8 +30,7 @@ def step_seconds(net: torch.nn.Module, example: torch.Tensor, memory_format: tor
     """Wall time of one forward + backward pass of ``net`` on ``example`` in ``memory_format``."""
     x = example if memory_format is None else example.contiguous(memory_format=memory_format)
     start = time.perf_counter()
-    out = net(x)
-    (out[0] if isinstance(out, list | tuple) else out).float().mean().backward()
+    net(x).mean().backward()  # every registered network returns one tensor (DynUNet stacks its heads)
     return time.perf_counter() - start
 
 
