@@ -60,6 +60,11 @@ class DataConfig:
     """Augmentation preset name: none, light, limited_data."""
     augmentation_probabilities: dict[str, float] = field(default_factory=dict)
     """Override a preset's per-transform probabilities, e.g. {elastic: 0.0, gamma: 0.5}."""
+    label_resampling: Literal["linear", "nearest"] = "linear"
+    """How rotation/scaling/elastic augmentation resamples label maps. linear: each label's
+    mask interpolated linearly, then the label of the largest value (nnU-Net's order-1
+    label resampling: sub-voxel boundaries); nearest: nearest neighbour (staircase
+    boundaries, the behaviour before this field existed)."""
     val_fraction: float = 0.2
     """Fraction of training cases held out for validation when ``folds`` is 0."""
     folds: int = 0

@@ -44,6 +44,8 @@ class Patch:
     """Every entry's resolved probability (an entry may build another's transform)."""
     mirror_axes: tuple[int, ...]
     """Patch axes (0-based spatial) that may be mirrored."""
+    label_mode: str = "label_linear"
+    """Interpolation of label maps in spatial transforms (see RandSpatialAugmentd)."""
 
 
 Builder = Callable[[float, Patch], list[mt.Transform]]
@@ -71,7 +73,7 @@ def _spatial(rot_deg: float, scale: tuple[float, float]) -> Builder:
             RandSpatialAugmentd(
                 KEYS,
                 patch.size,
-                modes=("bilinear", "nearest"),
+                modes=("bilinear", patch.label_mode),
                 affine_prob=p,
                 rotate_deg=rot_deg,
                 scale_range=scale,
@@ -129,6 +131,10 @@ if tuple(PRESETS) != AUGMENTATION_PRESETS:  # pragma: no cover - guards the name
     raise RuntimeError("medseg.registry_names.AUGMENTATION_PRESETS is out of date")
 
 
+LABEL_MODES = {"linear": "label_linear", "nearest": "nearest"}
+"""data.label_resampling -> RandSpatialAugmentd's label interpolation mode."""
+
+
 def preset_probabilities(name: str) -> dict[str, float]:
     """The default per-transform probabilities of a preset."""
     return {e.name: e.prob for e in PRESETS[name]}
@@ -140,11 +146,14 @@ def build_augmentation(
     patch_size: tuple[int, ...],
     overrides: dict[str, float] | None = None,
     mirror_axes: Sequence[int] | None = None,
+    label_resampling: str = "linear",
 ) -> mt.Compose:
     """Compose the preset's transforms with probabilities from ``overrides`` where given.
 
     ``mirror_axes``: the patch axes (0-based spatial) that "flip" may mirror, each with the
     flip probability independently (None: all; see :func:`medseg.config.patch_mirror_axes`).
+    ``label_resampling``: "linear" (per-label masks interpolated, nnU-Net's order 1) or
+    "nearest", for label maps in the rotation/scaling/elastic resampling.
 
     An override for a transform that the preset does not have is an error naming the
     valid transform names (a silent no-op would hide a typo).
@@ -164,7 +173,12 @@ def build_augmentation(
     axes = tuple(range(spatial_dims)) if mirror_axes is None else tuple(mirror_axes)
     if any(not 0 <= a < spatial_dims for a in axes):
         raise ConfigError(f"mirror axes {axes}: a {spatial_dims}D patch has axes 0..{spatial_dims - 1}")
-    patch = Patch(spatial_dims, tuple(patch_size), probs, axes)
+    if label_resampling not in LABEL_MODES:
+        raise ConfigError(
+            f"data.label_resampling: {label_resampling!r}; expected one of {', '.join(LABEL_MODES)}."
+            + suggest(label_resampling, LABEL_MODES)
+        )
+    patch = Patch(spatial_dims, tuple(patch_size), probs, axes, LABEL_MODES[label_resampling])
     transforms: list[mt.Transform] = []
     for entry in entries:
         if any(probs[n] > 0 for n in (entry.name, *entry.carries)):

@@ -108,7 +108,8 @@ class PatchDataset(Dataset):
         d, m = cfg.data, cfg.model
         self.patch = tuple(d.patch_size)
         self.transform = build_augmentation(
-            d.augmentation, m.spatial_dims, self.patch, d.augmentation_probabilities, patch_mirror_axes(cfg)
+            d.augmentation, m.spatial_dims, self.patch, d.augmentation_probabilities, patch_mirror_axes(cfg),
+            d.label_resampling,
         )
         has_affine = any(isinstance(t, RandSpatialAugmentd) for t in self.transform.transforms)
         # Spatial augmentation resamples a larger crop down to the patch, so rotated corners

@@ -10,8 +10,12 @@ TorchIO's spatial augmentation do instead:
   ``elastic_spacing`` voxels, TorchIO's ``RandomElasticDeformation`` model) and
   interpolated to the patch, which gives a smooth field at a tiny cost;
 * rotation, isotropic scaling and the displacement are composed into one sampling grid,
-  so the image (linear) and the label (nearest) are resampled exactly once, from the
-  larger crop that the patch sampler draws, into the patch;
+  so the image (linear) and the label are resampled exactly once, from the larger crop
+  that the patch sampler draws, into the patch;
+* a label map is resampled either by nearest neighbour or, as nnU-Net does (its
+  ``order_seg=1``), by linear interpolation of each label's mask followed by the label
+  of the largest value: boundaries then follow the rotated/scaled anatomy to sub-voxel
+  accuracy instead of the input grid's staircase;
 * when neither fires, the patch is a plain centre crop (no resampling at all).
 
 Each part has its own probability (``affine_prob``, ``elastic_prob``), so a preset keeps
@@ -46,8 +50,9 @@ class RandSpatialAugmentd(RandomizableTransform, MapTransform):
 
     Inputs are channel-first tensors ``(C, *crop)`` with ``crop >= patch_size`` on every
     axis; outputs are ``(C, *patch_size)``, centred on the input. ``modes`` gives the
-    interpolation per key (``"bilinear"`` for images, ``"nearest"`` for labels); points
-    sampled outside the input read zero.
+    interpolation per key: ``"bilinear"`` for images; ``"nearest"`` or ``"label_linear"``
+    (each label's mask interpolated linearly, then the label of the largest value) for
+    label maps. Points sampled outside the input read zero (label 0).
     """
 
     def __init__(
@@ -66,6 +71,9 @@ class RandSpatialAugmentd(RandomizableTransform, MapTransform):
         RandomizableTransform.__init__(self, prob=1.0)
         if len(modes) != len(self.keys):
             raise ValueError(f"modes: {len(modes)} given for {len(self.keys)} keys; give one interpolation mode per key")
+        for mode in modes:
+            if mode not in MODES:
+                raise ValueError(f"modes: unknown interpolation {mode!r}; expected one of {', '.join(MODES)}")
         self.patch = tuple(int(s) for s in patch_size)
         self.modes = tuple(modes)
         self.affine_prob, self.rotate, self.scale_range = affine_prob, math.radians(rotate_deg), scale_range
@@ -123,6 +131,39 @@ class RandSpatialAugmentd(RandomizableTransform, MapTransform):
             return d
         grid = self._grid(crop)
         for key, mode in zip(self.keys, self.modes, strict=True):
-            x = torch.as_tensor(d[key]).float()
-            d[key] = F.grid_sample(x[None], grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
+            x = torch.as_tensor(d[key])
+            if mode == "label_linear":
+                d[key] = resample_labels_linear(x, grid)
+            else:
+                d[key] = F.grid_sample(x.float()[None], grid, mode=mode, padding_mode="zeros", align_corners=False)[0]
         return d
+
+
+MODES = ("bilinear", "nearest", "label_linear")
+
+
+def resample_labels_linear(label: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """Resample a (1, *crop) label map at ``grid`` by linear interpolation of each label's mask.
+
+    Every label present (and 0, which points outside the input read) gets its mask
+    interpolated; each output voxel takes the label whose mask is largest there (ties go to
+    0, then to the lower label). Labels must be non-negative integers. Returns a float
+    (1, *patch) map holding the input's label values.
+    """
+    flat = label.reshape(-1).long()
+    if int(flat.min()) < 0:
+        raise ValueError(f"label map holds {int(flat.min())}; labels must be non-negative integers")
+    counts = torch.bincount(flat)
+    counts[0] = 1  # label 0 always takes part: it is what lies outside the input
+    values = torch.nonzero(counts).flatten()  # ascending, 0 first
+    masks = torch.stack([(label[0] == v).float() for v in values.tolist()])  # (K, *crop)
+    weights = F.grid_sample(masks[None], grid, mode="bilinear", padding_mode="zeros", align_corners=False)[0]
+    # Largest mask per voxel by running comparisons (argmax over a leading dim of K small
+    # maps is several times slower on a CPU); strict ">" leaves ties, and the all-zero
+    # outside of the input, to the lower label.
+    best, index = weights[0], torch.zeros(weights.shape[1:], dtype=torch.long)
+    for k in range(1, len(values)):
+        higher = weights[k] > best
+        best = torch.where(higher, weights[k], best)
+        index[higher] = k
+    return values.float()[index][None]

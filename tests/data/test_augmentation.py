@@ -44,6 +44,18 @@ def test_probability_override_and_typo():
         build_augmentation("limited_data", 3, (16, 16, 16), {"gama": 0.5})
 
 
+def test_label_resampling_choice_reaches_the_spatial_transform():
+    def label_mode(**kwargs: str) -> str:
+        aug = build_augmentation("limited_data", 3, (16, 16, 16), **kwargs)
+        (spatial,) = [t for t in aug.transforms if isinstance(t, RandSpatialAugmentd)]
+        return spatial.modes[1]
+
+    assert label_mode() == "label_linear"
+    assert label_mode(label_resampling="nearest") == "nearest"
+    with pytest.raises(ConfigError, match=r"data.label_resampling: 'neares'.*Did you mean 'nearest'"):
+        label_mode(label_resampling="neares")
+
+
 def test_zero_probability_preset_is_identity():
     aug = build_augmentation("light", 3, (8, 8, 8), {k: 0.0 for k in preset_probabilities("light")})
     img = torch.randn(1, 8, 8, 8)

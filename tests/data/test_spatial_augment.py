@@ -31,11 +31,12 @@ def test_nothing_fires_is_a_centre_crop(crop, patch):
     torch.testing.assert_close(out["label"], _centre(d["label"], patch))
 
 
+@pytest.mark.parametrize("label_mode", ["nearest", "label_linear"])
 @pytest.mark.parametrize(("crop", "patch"), [((20, 25, 18), (16, 16, 16)), ((13, 9), (8, 8))])
-def test_identity_resampling_matches_the_centre_crop(crop, patch):
+def test_identity_resampling_matches_the_centre_crop(crop, patch, label_mode):
     """Rotation 0 and scale 1 through grid_sample lands exactly on the crop's voxels
     (no half-voxel shift for odd crop-minus-patch)."""
-    t = RandSpatialAugmentd(KEYS, patch, MODES, affine_prob=1.0, rotate_deg=0.0, scale_range=(1.0, 1.0))
+    t = RandSpatialAugmentd(KEYS, patch, ("bilinear", label_mode), affine_prob=1.0, rotate_deg=0.0, scale_range=(1.0, 1.0))
     d = _data(crop)
     out = t(d)
     torch.testing.assert_close(out["image"], _centre(d["image"], patch), atol=1e-5, rtol=0)
@@ -74,6 +75,38 @@ def test_elastic_and_affine_keep_labels_and_move_voxels(dims):
     assert not torch.allclose(out["image"], _centre(d["image"], patch))
 
 
+def _disc(n: int, radius: float, value: float = 2.0) -> torch.Tensor:
+    axis = torch.arange(float(n)) - (n - 1) / 2.0
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    return ((y**2 + x**2) <= radius**2).float() * value
+
+
+def test_linear_label_resampling_follows_the_shape_below_a_voxel():
+    """Zooming a disc in by 1/0.8: per-label linear interpolation reproduces the larger
+    disc's voxels far better than nearest neighbour, which magnifies the input's staircase."""
+    label = _disc(40, 6.0)[None]
+    want = _disc(32, 6.0 / 0.8)
+    wrong = {}
+    for mode in ("nearest", "label_linear"):
+        t = RandSpatialAugmentd(KEYS, (32, 32), ("bilinear", mode), affine_prob=1.0, scale_range=(0.8, 0.8))
+        wrong[mode] = int((t({"image": label.clone(), "label": label})["label"][0] != want).sum())
+    assert wrong["label_linear"] * 2 < wrong["nearest"], wrong
+
+
+def test_linear_label_resampling_keeps_label_values_and_reads_zero_outside():
+    label = torch.zeros(1, 20, 20)
+    label[0, 4:12, 4:16] = 5.0
+    label[0, 12:18, 6:14] = 2.0
+    label[0, 0, 0] = 7.0  # a lone voxel of a third label
+    # Zoomed out by 2: a margin around the patch samples outside the input.
+    t = RandSpatialAugmentd(KEYS, (20, 20), ("bilinear", "label_linear"), affine_prob=1.0, rotate_deg=30, scale_range=(2.0, 2.0))
+    t.set_random_state(0)
+    out = t({"image": label.clone(), "label": label})["label"]
+    assert set(torch.unique(out).tolist()) <= {0.0, 2.0, 5.0, 7.0}
+    assert {2.0, 5.0} <= set(torch.unique(out).tolist())
+    assert float(out[0, 0, 0]) == 0.0 and float(out[0, -1, -1]) == 0.0
+
+
 def test_elastic_field_is_smooth_and_bounded():
     patch = (32, 32, 32)
     t = RandSpatialAugmentd(KEYS, patch, MODES, elastic_prob=1.0, elastic_spacing=8, elastic_magnitude=2.0)
@@ -104,6 +137,8 @@ def test_seeded_transform_is_reproducible():
 def test_too_small_input_and_mode_count_are_errors():
     with pytest.raises(ValueError, match="one interpolation mode per key"):
         RandSpatialAugmentd(KEYS, (8, 8), ("bilinear",))
+    with pytest.raises(ValueError, match="unknown interpolation 'linear'; expected one of bilinear, nearest, label_linear"):
+        RandSpatialAugmentd(KEYS, (8, 8), ("bilinear", "linear"))
     t = RandSpatialAugmentd(KEYS, (16, 16), MODES)
     with pytest.raises(ValueError, match=r"smaller than the patch \(16, 16\)"):
         t(_data((12, 20)))
