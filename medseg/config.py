@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -208,6 +209,10 @@ def _type_name(tp: Any) -> str:
     )
 
 
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+"""A decimal number in scientific or plain notation (what float fields accept as text)."""
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check ``value`` against the annotation ``tp``; return it (ints widened to float)."""
     origin = get_origin(tp)
@@ -254,6 +259,9 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise bad
         return value
     if tp is float:
+        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
+            # PyYAML reads YAML 1.1, where 3e-5 (no decimal point) is a string, not a float.
+            return float(value)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise bad
         return float(value)

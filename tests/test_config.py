@@ -64,6 +64,16 @@ def test_overrides_parse_yaml_values():
         from_dict({}, ["trainer.max_epochs"])
 
 
+def test_scientific_notation_without_a_point_is_a_number():
+    """PyYAML (YAML 1.1) reads 3e-5 as a string; a float field takes it as the number."""
+    cfg = from_dict({"optim": {"lr": "1E-2"}}, ["optim.weight_decay=3e-5"])
+    assert (cfg.optim.weight_decay, cfg.optim.lr) == (3e-5, 1e-2)
+    with pytest.raises(ConfigError, match=r"optim.lr: got '3e-5x', expected a number"):
+        from_dict({}, ["optim.lr=3e-5x"])
+    with pytest.raises(ConfigError, match=r"trainer.max_epochs: got '1e3', expected an integer"):
+        from_dict({}, ["trainer.max_epochs=1e3"])
+
+
 def test_literal_accepts_yaml_int_for_string_choice():
     assert from_dict({"trainer": {"precision": 32}}).trainer.precision == "32"
 
