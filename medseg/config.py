@@ -115,6 +115,9 @@ class LossConfig:
     include_background: bool = False
     class_weights: list[float] | None = None
     """One weight per class including background (cross-entropy / focal part)."""
+    batch_dice: bool = True
+    """Dice over the whole batch as one volume (true, nnU-Net's batch Dice: stable when a
+    patch lacks a structure) or per sample, then averaged (false)."""
 
 
 @dataclass

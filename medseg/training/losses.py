@@ -2,7 +2,8 @@
 
 Labels arrive as (B, 1, *spatial) integer maps and are one-hot encoded by MONAI
 (``to_onehot_y``); ``include_background`` controls whether the Dice term covers class 0;
-``class_weights`` (one per class, background included) weight the CE / focal term.
+``class_weights`` (one per class, background included) weight the CE / focal term;
+``batch_dice`` computes Dice over the batch as one volume rather than per sample.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from monai.losses import DiceCELoss, DiceFocalLoss, DiceLoss
+from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 
 from medseg.config import ConfigError, LossConfig, suggest
 from medseg.registry_names import LOSS_NAMES
@@ -28,7 +29,7 @@ def _weights(cfg: LossConfig, num_classes: int) -> torch.Tensor | None:
 
 
 def _common(cfg: LossConfig) -> dict[str, object]:
-    return {"to_onehot_y": True, "softmax": True, "include_background": cfg.include_background, "batch": True,
+    return {"to_onehot_y": True, "softmax": True, "include_background": cfg.include_background, "batch": cfg.batch_dice,
             "smooth_nr": 1e-5, "smooth_dr": 1e-5}
 
 
@@ -40,8 +41,28 @@ def _dice_ce(cfg: LossConfig, k: int) -> torch.nn.Module:
     return DiceCELoss(weight=_weights(cfg, k), **_common(cfg))  # type: ignore[arg-type]
 
 
+class DiceSoftmaxFocalLoss(torch.nn.Module):
+    """Softmax Dice + softmax focal loss over every class (focal in the place of Dice + CE's CE).
+
+    MONAI's ``DiceFocalLoss`` computes its focal term with a per-channel sigmoid on the
+    foreground channels only: it penalises a right, confident softmax prediction (the other
+    classes' logits at 0 read as p = 0.5) and cannot take one weight per class with the
+    background excluded. Here, as the CE term of ``DiceCELoss``, the focal term covers every
+    class (background included) on the softmax; ``include_background`` applies to Dice.
+    """
+
+    def __init__(self, cfg: LossConfig, num_classes: int) -> None:
+        super().__init__()
+        self.dice = DiceLoss(**_common(cfg))  # type: ignore[arg-type]
+        self.focal = FocalLoss(include_background=True, to_onehot_y=True, use_softmax=True, gamma=2.0,
+                               weight=_weights(cfg, num_classes))
+
+    def forward(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        return self.dice(logits, label) + self.focal(logits, label)  # type: ignore[no-any-return]
+
+
 def _dice_focal(cfg: LossConfig, k: int) -> torch.nn.Module:
-    return DiceFocalLoss(weight=_weights(cfg, k), **_common(cfg))  # type: ignore[arg-type]
+    return DiceSoftmaxFocalLoss(cfg, k)
 
 
 LOSSES: dict[str, Callable[[LossConfig, int], torch.nn.Module]] = {"dice": _dice, "dice_ce": _dice_ce, "dice_focal": _dice_focal}
