@@ -10,7 +10,10 @@ model ("## Training on <CPU>, <n> cores"; other machines' sections are kept):
    results file (what the runs show, written by whoever ran them) is printed under the table.
 2. ``--families``: the same for each network family (3D U-Net, attention, residual, 2D)
    at ``--family-minutes`` each (``family_commentary`` in the results file is printed under it).
-3. ``--throughput``: steady-state training steps/s of medseg's loop (Lightning, cached
+3. ``--ensemble NAME=RUN,RUN,...``: the ensemble of recorded runs' best checkpoints
+   (``medseg predict --model RUN --model RUN``) scored on their shared held-out split, to
+   show what more training compute buys; listed apart from the 30-minute runs.
+4. ``--throughput``: steady-state training steps/s of medseg's loop (Lightning, cached
    preprocessing, patch sampler, augmentation) against a plain MONAI loop (CacheDataset +
    LoadImaged/Orientationd/Spacingd/NormalizeIntensityd/RandCropByPosNegLabeld + the same
    flips/affine, plain PyTorch optimiser loop) with the same network, batch and patch,
@@ -33,6 +36,7 @@ import math
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -101,11 +105,20 @@ def train_and_score(name: str, data: Path, out: Path, minutes: float, overrides:
         rc, seconds, peak = measured(cmd)
     if rc != 0:
         return {"name": name, "error": f"training exited {rc}"}
-    manifest = held_out_manifest(run, data)
+    dice, cases = score([run], held_out_manifest(run, data), run, tta)
+    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
+    return {"name": name, "dice": dice, "mean": sum(dice.values()) / len(dice), "cases": cases,
+            "train_minutes": seconds / 60, "peak_mb": peak, "steps": summary.get("steps"), "overrides": overrides, "tta": tta,
+            "minutes": minutes, "precision": summary.get("precision", "?"), "best_val": summary.get("best_val_mean_dice")}
+
+
+def score(models: list[Path], manifest: Path, where: Path, tta: bool) -> tuple[dict[str, float], int]:
+    """``medseg predict`` (several models: their ensemble) + ``medseg evaluate`` on ``manifest``:
+    mean Dice per structure over the cases, and the number of cases."""
     suffix = "_tta" if tta else ""
-    pred, ev = run / f"heldout_pred{suffix}", run / f"heldout_eval{suffix}"
-    subprocess.run([sys.executable, "-m", "medseg", "predict", "--model", str(run), "--input", str(manifest),
-                    "--output", str(pred), "--quiet", *(["--tta"] if tta else [])], check=True)
+    pred, ev = where / f"heldout_pred{suffix}", where / f"heldout_eval{suffix}"
+    subprocess.run([sys.executable, "-m", "medseg", "predict", *[a for m in models for a in ("--model", str(m))],
+                    "--input", str(manifest), "--output", str(pred), "--quiet", *(["--tta"] if tta else [])], check=True)
     subprocess.run([sys.executable, "-m", "medseg", "evaluate", "--pred", str(pred),
                     "--ref", str(manifest), "--output", str(ev)], check=False)
     rows = list(csv.DictReader((ev / "metrics.csv").open(encoding="utf-8")))
@@ -114,10 +127,29 @@ def train_and_score(name: str, data: Path, out: Path, minutes: float, overrides:
         if r["dice"] not in ("", "nan"):
             per.setdefault(r["structure"], []).append(float(r["dice"]))
     dice = {k: sum(v) / len(v) for k, v in per.items()}
-    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
-    return {"name": name, "dice": dice, "mean": sum(dice.values()) / len(dice), "cases": len(rows) // max(1, len(dice)),
-            "train_minutes": seconds / 60, "peak_mb": peak, "steps": summary.get("steps"), "overrides": overrides, "tta": tta,
-            "minutes": minutes, "precision": summary.get("precision", "?"), "best_val": summary.get("best_val_mean_dice")}
+    return dice, len(rows) // max(1, len(dice))
+
+
+def ensemble_score(spec: str, results: dict, data: Path, out: Path, tta: bool) -> dict:
+    """``NAME=RUN,RUN,...``: the runs' best checkpoints averaged by ``medseg predict`` on their
+    (shared) held-out split. Members are runs recorded in ``results`` (main or family)."""
+    name, _, members = spec.partition("=")
+    runs = [m.strip() for m in members.split(",") if m.strip()]
+    known = {**results.get("main_runs", {}), **results.get("families", {})}
+    if not name or len(runs) < 2:
+        raise SystemExit(f"--ensemble {spec!r}: expected NAME=RUN,RUN[,...] with at least two runs")
+    for r in runs:
+        if r not in known or not (out / r / "split.json").exists():
+            raise SystemExit(f"--ensemble {spec!r}: {r!r} is not a recorded run with a run directory in {out}")
+    vals = {r: json.loads((out / r / "split.json").read_text(encoding="utf-8"))["val"] for r in runs}
+    if any(v != vals[runs[0]] for v in vals.values()):
+        raise SystemExit(f"--ensemble {spec!r}: the runs hold out different cases; an ensemble needs one held-out split")
+    where = out / "ensembles" / name
+    shutil.rmtree(where, ignore_errors=True)  # predict resumes: never reuse another member set's predictions
+    where.mkdir(parents=True)
+    dice, cases = score([out / r for r in runs], held_out_manifest(out / runs[0], data), where, tta)
+    return {"name": name, "members": runs, "dice": dice, "mean": sum(dice.values()) / len(dice), "cases": cases,
+            "train_minutes": sum(known[r]["train_minutes"] for r in runs), "tta": tta}
 
 
 def same_as_main(results: dict, overrides: list[str], minutes: float, tta: bool) -> dict | None:
@@ -156,6 +188,8 @@ def main() -> int:
     p.add_argument("--no-tta", action="store_true", help="score held-out cases without mirroring TTA")
     p.add_argument("--families", action="store_true")
     p.add_argument("--throughput", action="store_true")
+    p.add_argument("--ensemble", action="append", default=[], metavar="NAME=RUN,RUN,...",
+                   help="score the ensemble of recorded runs (their best checkpoints) on their held-out split")
     p.add_argument("--no-record", action="store_true", help="do not update benchmarks/RESULTS.md (smoke runs)")
     args = p.parse_args()
     data, out = Path(args.data).resolve(), Path(args.output).resolve()
@@ -183,6 +217,9 @@ def main() -> int:
         results["family_minutes"] = args.family_minutes
     if args.throughput:
         results["throughput"] = throughput(data, args.throughput_steps)
+    for spec in args.ensemble:
+        e = ensemble_score(spec, results, data, out, not args.no_tta)
+        results.setdefault("ensembles", {})[e["name"]] = e
     atomic_write_text(results_path, json.dumps(results, indent=2))
     if not args.no_record:
         update_section(section_title(), render(results, args))
@@ -244,6 +281,16 @@ def render(results: dict, args: argparse.Namespace) -> str:
                   "nnU-Net v2, own plan, 28 min: 0.814; a plain MONAI UNet loop, whole volumes, 15 min: 0.867.", "",
                   "Command: `python benchmarks/bench_training.py --main --minutes 30 [--main-name N --main-set k=v ...]`", "",
                   *([results["commentary"], ""] if results.get("commentary") else [])]
+    if results.get("ensembles"):
+        lines += ["### Ensembles of the runs above (after the fact: not a 30-minute result)", "",
+                  "The best checkpoints of several runs above, averaged by `medseg predict --model RUN --model RUN ...` "
+                  "on the same held-out cases: how much Dice more training compute buys on this split.", "",
+                  "| ensemble | held-out mean fg Dice (Anterior / Posterior) | cases | training min, all members | members |",
+                  "|---|---|---|---|---|",
+                  *[f"| {e['name']}{' +TTA' if e.get('tta') else ''} | **{e['mean']:.3f}** "
+                    f"({' / '.join(f'{v:.3f}' for v in e['dice'].values())}) | {e['cases']} | {e['train_minutes']:.0f} | "
+                    f"{', '.join(e['members'])} |" for e in results["ensembles"].values()], "",
+                  "Command: `python benchmarks/bench_training.py --ensemble NAME=RUN,RUN[,...]`", ""]
     if "families" in results:
         lines += [f"### Network families, {results.get('family_minutes', '?')} min each (same data, split, schedule)", "",
                   "Each family is the shipped pipeline with only the network changed (same data, split, "
