@@ -44,7 +44,7 @@ class Patch:
     """Every entry's resolved probability (an entry may build another's transform)."""
     mirror_axes: tuple[int, ...]
     """Patch axes (0-based spatial) that may be mirrored."""
-    label_mode: str = "label_linear"
+    label_mode: str
     """Interpolation of label maps in spatial transforms (see RandSpatialAugmentd)."""
 
 

@@ -40,7 +40,7 @@ def choose_memory_format(
 ) -> tuple[torch.memory_format | None, str]:
     """(layout to train in, or None for PyTorch's default; a line saying why).
 
-    ``example``: a batch of the training shape (B, C, *spatial) on the training device.
+    ``example``: a CPU batch of the training shape (B, C, *spatial); timed only on a CPU.
     ``net`` itself is left untouched: the timing runs on a copy.
     """
     fmt = channels_last_format(example.ndim - 2)

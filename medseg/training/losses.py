@@ -61,11 +61,7 @@ class DiceSoftmaxFocalLoss(torch.nn.Module):
         return self.dice(logits, label) + self.focal(logits, label)  # type: ignore[no-any-return]
 
 
-def _dice_focal(cfg: LossConfig, k: int) -> torch.nn.Module:
-    return DiceSoftmaxFocalLoss(cfg, k)
-
-
-LOSSES: dict[str, Callable[[LossConfig, int], torch.nn.Module]] = {"dice": _dice, "dice_ce": _dice_ce, "dice_focal": _dice_focal}
+LOSSES: dict[str, Callable[[LossConfig, int], torch.nn.Module]] = {"dice": _dice, "dice_ce": _dice_ce, "dice_focal": DiceSoftmaxFocalLoss}
 if tuple(LOSSES) != LOSS_NAMES:  # pragma: no cover - guards the name list used by config validation
     raise RuntimeError("medseg.registry_names.LOSS_NAMES is out of date")
 
