@@ -110,12 +110,13 @@ def test_dicom_seg_for_a_nifti_input_is_a_clear_per_case_error(tmp_path: Path) -
     assert "--format nifti" in result.error
 
 
-def _series_with_uids(src: Path, dst: Path) -> Path:
-    """A copy of an anonymised series with the emptied UIDs filled in (pixel data untouched)."""
+def _series_with_uids(src: Path, dst: Path, *, blank: bool = False) -> Path:
+    """A copy of a series with fresh Study/Series UIDs, or with them blanked as an anonymiser may
+    leave them (pixel data untouched), so the test does not depend on how the sample was anonymised."""
     from pydicom.uid import generate_uid
 
     dst.mkdir(parents=True)
-    study, series = generate_uid(), generate_uid()
+    study, series = ("", "") if blank else (generate_uid(), generate_uid())
     for f in sorted(src.iterdir()):
         ds = pydicom.dcmread(f)
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
@@ -132,8 +133,9 @@ def test_real_ct_series_to_dicom_seg(tmp_path: Path) -> None:
         pytest.skip(f"real data not found at {original} (set MEDSEG_DATA)")
     # Body (> -300 HU) vs air: a known function of the CT, predicted on a 2 mm grid.
     predictor = _predictor({"background": 0, "body": 1}, [2.0, 2.0, 2.0], ThresholdNet(-300.0, sharpness=0.05))
-    # The sample is anonymised with empty Study/Series UIDs: no SEG can reference it.
-    [refused] = predict_batch(predictor, find_cases(original, ["CT"]), tmp_path / "o1", fmt="both", progress=False)
+    # A series whose anonymisation emptied the Study/Series UIDs: no SEG can reference it.
+    blanked = _series_with_uids(original, tmp_path / "blank", blank=True)
+    [refused] = predict_batch(predictor, find_cases(blanked, ["CT"]), tmp_path / "o1", fmt="both", progress=False)
     assert refused.status == "failed" and "SeriesInstanceUID" in refused.error and "--format nifti" in refused.error
 
     series = _series_with_uids(original, tmp_path / "ct")
