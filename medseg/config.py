@@ -83,6 +83,10 @@ class DataConfig:
     2D network the slice axis is never mirrored."""
     cache: Literal["memory", "disk", "none"] = "memory"
     num_workers: int = 0
+    labelled_cases: int | None = None
+    """Label budget: keep the labels of a seeded subset of this many training cases and treat
+    the rest of the training split as unlabelled (used by ``semi_supervised``, else unused);
+    the validation split is untouched. None: every label is used."""
 
 
 @dataclass
@@ -177,6 +181,50 @@ class InferenceConfig:
 
 
 @dataclass
+class SemiSupervisedConfig:
+    """Learning from unlabelled images while training on labelled ones.
+
+    mean_teacher (Tarvainen & Valpola 2017; Yu et al. 2019 in 3D): a teacher network, the
+    exponential moving average of the trained one, predicts every patch; the trained network
+    is pulled towards the teacher's softmax on a differently perturbed copy of the same patch
+    (mean squared error), with a weight ramped up from 0 over the first epochs.
+    """
+
+    method: Literal["none", "mean_teacher"] = "none"
+    unlabelled: list[str] = field(default_factory=list)
+    """Extra unlabelled images: manifests (their cases without a label and every case's
+    image) or folders of NIfTI images (``--unlabelled`` appends here). Cases without a label
+    in ``data.manifest`` (Decathlon ``test``, nnU-Net ``imagesTs``, CSV rows with no label)
+    are always unlabelled."""
+    consistency_weight: float = 1.0
+    """Weight of the consistency loss after ramp-up (the supervised loss has weight 1)."""
+    rampup_epochs: int = 20
+    """Epochs over which the consistency weight rises as exp(-5 (1 - t)^2) (Laine & Aila)."""
+    teacher_decay: float = 0.99
+    """Teacher weights = decay * teacher + (1 - decay) * trained weights, after every step."""
+    noise_std: float = 0.1
+    """Standard deviation of the Gaussian noise (normalised intensity units, clipped at 2x)
+    added independently to the teacher's and the trained network's copy of each patch."""
+    unlabelled_batch_size: int = 0
+    """Unlabelled patches per step (0: ``data.batch_size``)."""
+
+
+@dataclass
+class PretrainConfig:
+    """Self-supervised pretraining (``medseg pretrain``): masked-volume reconstruction.
+
+    As in Wald et al. 2024 (nnssl's MAE for CNN U-Nets): random blocks of each patch are
+    zeroed and the network, with one output channel per input channel, is trained to restore
+    the image there (mean squared error on the masked voxels only).
+    """
+
+    mask_ratio: float = 0.6
+    """Fraction of blocks zeroed in each patch."""
+    mask_block: int = 8
+    """Edge of a masked block in voxels (a cube; a square for 2D networks)."""
+
+
+@dataclass
 class PipelineConfig:
     name: str = "pipeline"
     data: DataConfig = field(default_factory=DataConfig)
@@ -185,8 +233,12 @@ class PipelineConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
+    semi_supervised: SemiSupervisedConfig = field(default_factory=SemiSupervisedConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     init_from: str | None = None
-    """Checkpoint to fine-tune from (tensors matched by name and shape)."""
+    """Run directory (its best checkpoint) or checkpoint file to fine-tune from: tensors whose
+    name and shape fit are loaded, an output head of another class count is re-initialised,
+    a first convolution with another input channel count adapted (init_from_report.json)."""
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -382,7 +434,29 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
     if not 0.0 <= cfg.inference.overlap < 1.0:
         raise ConfigError(f"inference.overlap: {cfg.inference.overlap} is not in [0, 1)")
     _positive("inference.sw_batch_size", cfg.inference.sw_batch_size)
+    _validate_limited_labels(cfg)
     return cfg
+
+
+def _validate_limited_labels(cfg: PipelineConfig) -> None:
+    s, p = cfg.semi_supervised, cfg.pretrain
+    if cfg.data.labelled_cases is not None and cfg.data.labelled_cases < 1:
+        raise ConfigError(
+            f"data.labelled_cases: {cfg.data.labelled_cases} is impossible, expected >= 1 labelled case "
+            "(or null to use every label)"
+        )
+    _positive("semi_supervised.consistency_weight", s.consistency_weight, allow_zero=True)
+    _positive("semi_supervised.rampup_epochs", s.rampup_epochs, allow_zero=True)
+    _positive("semi_supervised.noise_std", s.noise_std, allow_zero=True)
+    _positive("semi_supervised.unlabelled_batch_size", s.unlabelled_batch_size, allow_zero=True)
+    if not 0.0 <= s.teacher_decay < 1.0:
+        raise ConfigError(f"semi_supervised.teacher_decay: {s.teacher_decay} is not in [0, 1); e.g. 0.99")
+    if not 0.0 < p.mask_ratio < 1.0:
+        raise ConfigError(f"pretrain.mask_ratio: {p.mask_ratio} is not in (0, 1); e.g. 0.6 masks 60 % of the blocks")
+    if p.mask_block < 1 or any(p.mask_block > size for size in cfg.data.patch_size):
+        raise ConfigError(
+            f"pretrain.mask_block: {p.mask_block} voxels must be >= 1 and fit in data.patch_size {cfg.data.patch_size}"
+        )
 
 
 def network_strides(m: ModelConfig) -> list[int]:

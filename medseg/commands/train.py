@@ -15,13 +15,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="override any field, e.g. --set trainer.max_epochs=3 (repeatable)")
     p.add_argument("--output", help="run directory (default: runs/<pipeline name>)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.ckpt")
+    p.add_argument("--unlabelled", action="append", default=[], metavar="MANIFEST|FOLDER",
+                   help="unlabelled images for semi_supervised.method (every image of a manifest, labels ignored, "
+                        "or a folder of NIfTI images; repeatable; appends to semi_supervised.unlabelled)")
     p.add_argument("--fold", help="cross-validation fold k (needs data.folds >= 2), or 'all' to train every fold "
                    "into RUN_DIR/fold_<k>")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from medseg.config import ConfigError, load
+    from medseg.config import ConfigError, PipelineConfig
+    from medseg.config import load as load_pipeline
+
+    extra = [str(Path(u).resolve()) for u in args.unlabelled]
+
+    def load(path: str, overrides: list[str]) -> PipelineConfig:
+        cfg = load_pipeline(path, overrides)
+        cfg.semi_supervised.unlabelled = [*cfg.semi_supervised.unlabelled, *extra]
+        return cfg
 
     overrides = list(args.overrides)
     if args.data:
@@ -52,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
             run_dir = base / f"fold_{fold}"
         try:
             result = train(cfg, run_dir, resume=args.resume)
-        except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
+        except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:  # (ManifestError too)
             print(f"medseg train: {err}", file=sys.stderr)
             status = 1
             continue

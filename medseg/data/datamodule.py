@@ -101,10 +101,18 @@ def cached_case(case: Case, plan: PreprocessingPlan, cache_dir: Path | None) -> 
 
 
 class PatchDataset(Dataset):
-    """``length`` random augmented patches drawn from preprocessed cases."""
+    """``length`` random augmented patches drawn from preprocessed cases.
 
-    def __init__(self, cases: list[dict[str, Any]], cfg: PipelineConfig, length: int) -> None:
+    With ``unlabelled`` cases, each item also holds ``u_image``: ``per_item`` patches of
+    those images (random positions, the same augmentation), stacked on a new first axis.
+    """
+
+    def __init__(
+        self, cases: list[dict[str, Any]], cfg: PipelineConfig, length: int,
+        unlabelled: list[dict[str, Any]] | None = None, per_item: int = 1,
+    ) -> None:
         self.cases, self.cfg, self.length = cases, cfg, length
+        self.unlabelled, self.per_item = unlabelled or [], per_item
         d, m = cfg.data, cfg.model
         self.patch = tuple(d.patch_size)
         self.transform = build_augmentation(
@@ -140,7 +148,17 @@ class PatchDataset(Dataset):
         out = self.transform({"image": torch.from_numpy(img), "label": torch.from_numpy(lab.astype(np.float32))})
         image = torch.as_tensor(out["image"]).float()
         label = torch.as_tensor(out["label"]).round().long()
-        return {"image": image.contiguous(), "label": label.contiguous()}
+        item = {"image": image.contiguous(), "label": label.contiguous()}
+        if self.unlabelled:
+            item["u_image"] = torch.stack([self._unlabelled_patch(rng) for _ in range(self.per_item)])
+        return item
+
+    def _unlabelled_patch(self, rng: np.random.Generator) -> torch.Tensor:
+        case = self.unlabelled[int(rng.integers(len(self.unlabelled)))]
+        d = self.cfg.data
+        img, lab = sample_patch(case["image"], case["label"], {}, self.crop, 0.0, rng, d.slice_axis, d.slab_slices)
+        out = self.transform({"image": torch.from_numpy(img), "label": torch.from_numpy(lab.astype(np.float32))})
+        return torch.as_tensor(out["image"]).float().contiguous()
 
 
 class VolumeDataset(Dataset):
@@ -159,30 +177,47 @@ class VolumeDataset(Dataset):
 
 class SegmentationDataModule(pl.LightningDataModule):
     def __init__(
-        self, cfg: PipelineConfig, manifest: Manifest, plan: PreprocessingPlan, split: dict[str, Any], cache_dir: Path | None
+        self, cfg: PipelineConfig, manifest: Manifest, plan: PreprocessingPlan, split: dict[str, Any], cache_dir: Path | None,
+        unlabelled: list[Case] | None = None,
     ) -> None:
+        """``split["labelled"]`` (default ``split["train"]``) names the training cases whose labels
+        are used; ``unlabelled`` image-only cases feed ``u_image`` (semi-supervised training)."""
         super().__init__()
         self.cfg, self.manifest, self.plan, self.split = cfg, manifest, plan, split
+        self.unlabelled = unlabelled or []
         self.cache_dir = cache_dir if cfg.data.cache == "disk" else None
         self.train_cases: list[dict[str, Any]] = []
         self.val_cases: list[dict[str, Any]] = []
+        self.unlabelled_cases: list[dict[str, Any]] = []
 
-    def _load(self, names: list[str]) -> list[dict[str, Any]]:
+    def _load(self, cases: list[Case], what: str) -> list[dict[str, Any]]:
         from tqdm import tqdm
 
-        cases = [self.manifest.case(n) for n in names]
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
-            jobs = pool.map(lambda c: cached_case(c, self.plan, self.cache_dir), cases)
-            return list(tqdm(jobs, total=len(cases), desc="preprocess", disable=not self.cfg.trainer.progress_bar, leave=False))
+            jobs = pool.map(lambda c: self._checked(c, cached_case(c, self.plan, self.cache_dir)), cases)
+            return list(tqdm(jobs, total=len(cases), desc=f"preprocess {what}", disable=not self.cfg.trainer.progress_bar,
+                             leave=False))
+
+    def _checked(self, case: Case, item: dict[str, Any]) -> dict[str, Any]:
+        expected = len(self.plan.channel_names)
+        if item["image"].shape[0] != expected:
+            raise ValueError(
+                f"{case.images[0]}: case {case.name!r} has {item['image'].shape[0]} channel(s), the dataset has "
+                f"{expected} ({', '.join(self.plan.channel_names)}); give images with the same channels"
+            )
+        return item
 
     def setup(self, stage: str | None = None) -> None:
         if not self.train_cases:
-            self.train_cases = self._load(self.split["train"])
-            self.val_cases = self._load(self.split["val"])
+            named = [self.manifest.case(n) for n in self.split.get("labelled", self.split["train"])]
+            self.train_cases = self._load(named, "training")
+            self.val_cases = self._load([self.manifest.case(n) for n in self.split["val"]], "validation")
+            self.unlabelled_cases = self._load(self.unlabelled, "unlabelled")
 
     def train_dataloader(self) -> DataLoader:
-        t = self.cfg.trainer
-        ds = PatchDataset(self.train_cases, self.cfg, t.steps_per_epoch * self.cfg.data.batch_size)
+        t, d, s = self.cfg.trainer, self.cfg.data, self.cfg.semi_supervised
+        per_item = max(1, round((s.unlabelled_batch_size or d.batch_size) / d.batch_size))
+        ds = PatchDataset(self.train_cases, self.cfg, t.steps_per_epoch * d.batch_size, self.unlabelled_cases, per_item)
         nw = self.cfg.data.num_workers
         return DataLoader(
             ds, batch_size=self.cfg.data.batch_size, shuffle=False, num_workers=nw, persistent_workers=nw > 0, drop_last=True

@@ -27,7 +27,8 @@ class Fingerprint:
     shapes: list[list[int]] = field(default_factory=list)
     """Per case, canonical order, voxels."""
     foreground_intensities: list[float] = field(default_factory=list)
-    """Sampled first-channel intensities inside the labelled foreground."""
+    """Sampled first-channel intensities inside the labelled foreground (over whole images
+    when no case has a label, as for pretraining data)."""
     centroids: list[dict[int, list[float]]] = field(default_factory=list)
     """Per labelled case: label id -> centre of mass in world (RAS+) coordinates, mm."""
 
@@ -59,6 +60,7 @@ def compute_fingerprint(cases: list[Case], seed: int = 0) -> Fingerprint:
     rng = np.random.default_rng(seed)
     fp = Fingerprint()
     per_case = max(1, MAX_INTENSITY_SAMPLES // max(1, len(cases)))
+    whole: list[float] = []
     for case in cases:
         vol = read_volume(case.images[0])
         ornt = canonical_transform(vol.affine)
@@ -73,6 +75,12 @@ def compute_fingerprint(cases: list[Case], seed: int = 0) -> Fingerprint:
                 if values.size:
                     take = rng.choice(values.size, min(per_case, values.size), replace=False)
                     fp.foreground_intensities.extend(float(v) for v in values[take])
+        elif not fp.foreground_intensities:
+            flat = (vol.array if vol.array.ndim == 3 else vol.array[0]).ravel()
+            whole.extend(float(v) for v in flat[rng.choice(flat.size, min(per_case, flat.size), replace=False)])
+    if not fp.foreground_intensities:
+        # Images without labels (pretraining data): intensity statistics over whole images.
+        fp.foreground_intensities = whole
     return fp
 
 

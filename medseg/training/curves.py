@@ -46,17 +46,23 @@ def plot_learning_curve(logs: Path, output: Path) -> bool:
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     ax.plot(list(loss), list(loss.values()), color="tab:blue", label="train loss")
+    recon = metrics.get("val/recon_loss", {})
+    if recon:  # `medseg pretrain`: a validation loss on the same axis as the training loss
+        ax.plot(list(recon), list(recon.values()), "-", color="tab:orange", marker="o", ms=3,
+                label="validation reconstruction loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("training loss")
-    ax2 = ax.twinx()
-    for key, series in sorted(metrics.items()):
-        if key.startswith("val/dice_") or key == "val/mean_dice":
+    handles, labels = ax.get_legend_handles_labels()
+    dice = {k: v for k, v in sorted(metrics.items()) if k.startswith("val/dice_") or k == "val/mean_dice"}
+    if dice:
+        ax2 = ax.twinx()
+        for key, series in dice.items():
             style = "-" if key == "val/mean_dice" else "--"
             ax2.plot(list(series), list(series.values()), style, marker="o", ms=3, label=key.removeprefix("val/"))
-    ax2.set_ylabel("validation Dice")
-    ax2.set_ylim(0, 1)
-    handles = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
-    labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
+        ax2.set_ylabel("validation Dice")
+        ax2.set_ylim(0, 1)
+        handles += ax2.get_legend_handles_labels()[0]
+        labels += ax2.get_legend_handles_labels()[1]
     ax.legend(handles, labels, loc="center right", fontsize=8)
     fig.tight_layout()
     with atomic_path(output) as tmp:

@@ -25,6 +25,7 @@ from medseg.config import PipelineConfig, from_dict
 from medseg.data.preprocess import PreprocessingPlan
 from medseg.inference.window import predict_probabilities
 from medseg.models.registry import build_network
+from medseg.training import semi
 from medseg.training.layout import choose_memory_format
 from medseg.training.losses import build_loss, deep_supervision_loss
 
@@ -49,22 +50,26 @@ def case_dice(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> tupl
     return dice, valid
 
 
-class SegmentationModule(pl.LightningModule):
+class NetworkModule(pl.LightningModule):
+    """What every medseg training module shares: the network ``self.net`` built from the
+    pipeline, its memory layout, and the optimiser with its schedule (steps or wall time).
+    Subclasses set ``self.net`` (and may add modules) and define the steps."""
+
+    net: torch.nn.Module
+
     def __init__(self, config: dict[str, Any], plan: dict[str, Any]) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.cfg: PipelineConfig = from_dict(config)
         self.plan = PreprocessingPlan(**plan)
-        self.num_classes = self.plan.num_classes
-        self.net = build_network(self.cfg.model, in_channels(self.cfg, self.plan), self.num_classes)
-        self.loss = build_loss(self.cfg.loss, self.num_classes)
-        self.structure_names = [n for n, v in sorted(self.plan.labels.items(), key=lambda kv: kv[1]) if v != 0]
-        self._val_sum = torch.zeros(self.num_classes - 1, dtype=torch.float64)
-        self._val_count = torch.zeros(self.num_classes - 1, dtype=torch.float64)
         self._fit_started: float | None = None
         self._memory_format: torch.memory_format | None = None
         self.memory_format_choice = "not chosen (no fit)"
         """What ``trainer.memory_format`` resolved to and why (saved in train_summary.json)."""
+
+    def networks(self) -> list[torch.nn.Module]:
+        """Every network whose weights are held in the chosen memory layout."""
+        return [self.net]
 
     def setup(self, stage: str) -> None:
         # Before Lightning moves the module to its device and builds the optimiser, so the
@@ -83,25 +88,105 @@ class SegmentationModule(pl.LightningModule):
             print(f"trainer.memory_format {self.cfg.trainer.memory_format} -> {why}", flush=True)
         self._memory_format, self.memory_format_choice = fmt, why
         if fmt is not None:
-            self.net.to(memory_format=self._memory_format)  # type: ignore[call-overload]  # (missing from the stubs)
+            for net in self.networks():
+                net.to(memory_format=self._memory_format)  # type: ignore[call-overload]  # (missing from the stubs)
+
+    def in_layout(self, x: torch.Tensor) -> torch.Tensor:
+        """A batch in the memory layout chosen for the weights."""
+        return x.contiguous(memory_format=self._memory_format) if self._memory_format is not None else x
 
     def on_fit_start(self) -> None:
         self._fit_started = time.monotonic()
 
+    def configure_optimizers(self) -> Any:
+        o, t = self.cfg.optim, self.cfg.trainer
+        params = [p for p in self.parameters() if p.requires_grad]  # (a mean teacher's are frozen)
+        if o.name == "sgd":
+            opt: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=o.lr, momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay
+            )
+        else:
+            opt = torch.optim.AdamW(params, lr=o.lr, weight_decay=o.weight_decay)
+        total = max(1, t.max_epochs * t.steps_per_epoch)
+        warmup = o.warmup_epochs * t.steps_per_epoch
+        budget_s = t.max_time_minutes * 60.0
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            if budget_s > 0 and self._fit_started is not None:
+                # With a wall-time budget the schedule follows whichever ends first, the
+                # steps or the time, so the learning rate is annealed when the budget ends.
+                progress = max(progress, min(1.0, (time.monotonic() - self._fit_started) / budget_s))
+            if o.scheduler == "poly":
+                return (1.0 - progress) ** 0.9
+            if o.scheduler == "cosine":
+                return 0.5 * (1.0 + math.cos(math.pi * progress))
+            return 1.0
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class SegmentationModule(NetworkModule):
+    """Supervised (and, with ``semi_supervised.method: mean_teacher``, semi-supervised)
+    segmentation training with sliding-window validation."""
+
+    def __init__(self, config: dict[str, Any], plan: dict[str, Any]) -> None:
+        super().__init__(config, plan)
+        self.num_classes = self.plan.num_classes
+        self.net = build_network(self.cfg.model, in_channels(self.cfg, self.plan), self.num_classes)
+        self.loss = build_loss(self.cfg.loss, self.num_classes)
+        self.structure_names = [n for n, v in sorted(self.plan.labels.items(), key=lambda kv: kv[1]) if v != 0]
+        self._val_sum = torch.zeros(self.num_classes - 1, dtype=torch.float64)
+        self._val_count = torch.zeros(self.num_classes - 1, dtype=torch.float64)
+        self.teacher: torch.nn.Module | None = None
+        if self.cfg.semi_supervised.method == "mean_teacher":
+            self.teacher = semi.make_teacher(self.net)
+
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.net] if self.teacher is None else [self.net, self.teacher]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def _supervised(self, out: torch.Tensor, label: torch.Tensor, image_ndim: int) -> torch.Tensor:
+        if self.cfg.model.deep_supervision and out.ndim == image_ndim + 1:
+            return deep_supervision_loss(self.loss, out, label)
+        return self.loss(out, label)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         image = batch["image"]
-        if self._memory_format is not None:
-            image = image.contiguous(memory_format=self._memory_format)
-        out = self.net(image)
-        if self.cfg.model.deep_supervision and out.ndim == batch["image"].ndim + 1:
-            loss = deep_supervision_loss(self.loss, out, batch["label"])
-        else:
-            loss = self.loss(out, batch["label"])
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["image"].shape[0])
+        b = image.shape[0]
+        if self.teacher is None:
+            loss = self._supervised(self.net(self.in_layout(image)), batch["label"], image.ndim)
+            self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b)
+            return loss
+        # Mean teacher: one student pass over the labelled and unlabelled patches, each with its
+        # own noise; the teacher sees the same patches with other noise. Consistency on all of
+        # them (labelled ones too, as Yu et al.), supervision on the labelled ones.
+        s = self.cfg.semi_supervised
+        x = image
+        if "u_image" in batch:
+            x = torch.cat([image, batch["u_image"].flatten(0, 1)])
+        out = self.net(self.in_layout(semi.perturb(x, s.noise_std)))
+        with torch.no_grad():
+            teacher_out = self.teacher(self.in_layout(semi.perturb(x, s.noise_std)))
+        supervised = self._supervised(out[:b], batch["label"], image.ndim)
+        consistency = semi.consistency_loss(semi.full_resolution(out, x.ndim), semi.full_resolution(teacher_out, x.ndim))
+        epoch = self.current_epoch + batch_idx / max(1, self.cfg.trainer.steps_per_epoch)
+        weight = semi.rampup_weight(epoch, s.rampup_epochs, s.consistency_weight)
+        loss = supervised + weight * consistency
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b)
+        self.log("train/supervised", supervised, on_step=False, on_epoch=True, batch_size=b)
+        self.log("train/consistency", consistency, on_step=False, on_epoch=True, batch_size=b)
+        self.log("train/consistency_weight", weight, on_step=False, on_epoch=True, batch_size=b)
         return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.teacher is not None:
+            semi.update_teacher(self.teacher, self.net, self.cfg.semi_supervised.teacher_decay)
 
     def on_validation_epoch_start(self) -> None:
         self._val_sum.zero_()
@@ -128,63 +213,6 @@ class SegmentationModule(pl.LightningModule):
         self.log("val/mean_dice", mean, prog_bar=True, sync_dist=False)
         self.log("val/cases", counts.max(), sync_dist=False)
 
-    def configure_optimizers(self) -> Any:
-        o, t = self.cfg.optim, self.cfg.trainer
-        if o.name == "sgd":
-            opt: torch.optim.Optimizer = torch.optim.SGD(
-                self.parameters(), lr=o.lr, momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay
-            )
-        else:
-            opt = torch.optim.AdamW(self.parameters(), lr=o.lr, weight_decay=o.weight_decay)
-        total = max(1, t.max_epochs * t.steps_per_epoch)
-        warmup = o.warmup_epochs * t.steps_per_epoch
-        budget_s = t.max_time_minutes * 60.0
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            if budget_s > 0 and self._fit_started is not None:
-                # With a wall-time budget the schedule follows whichever ends first, the
-                # steps or the time, so the learning rate is annealed when the budget ends.
-                progress = max(progress, min(1.0, (time.monotonic() - self._fit_started) / budget_s))
-            if o.scheduler == "poly":
-                return (1.0 - progress) ** 0.9
-            if o.scheduler == "cosine":
-                return 0.5 * (1.0 + math.cos(math.pi * progress))
-            return 1.0
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def init_weights_from(module: SegmentationModule, path: str | Path) -> dict[str, list[str]]:
-    """Fine-tune start: copy tensors from a checkpoint, matched by name.
-
-    Same shape: loaded. Same name and rank but another shape (e.g. a new number of
-    classes): the overlapping block is copied ("reshaped"). Otherwise: skipped.
-    """
-    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-    source = ckpt.get("state_dict", ckpt)
-    target = module.state_dict()
-    report: dict[str, list[str]] = {"loaded": [], "reshaped": [], "skipped": [], "missing": []}
-    with torch.no_grad():
-        for name, tensor in target.items():
-            src = source.get(name)
-            if src is None:
-                report["missing"].append(name)
-            elif src.shape == tensor.shape:
-                tensor.copy_(src)
-                report["loaded"].append(name)
-            elif src.ndim == tensor.ndim:
-                block = tuple(slice(0, min(a, b)) for a, b in zip(src.shape, tensor.shape, strict=True))
-                tensor[block] = src[block]
-                report["reshaped"].append(name)
-            else:
-                report["skipped"].append(name)
-    report["skipped"].extend(k for k in source if k not in target)
-    return report
-
 
 def load_network(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, PipelineConfig, PreprocessingPlan]:
     """Rebuild the network from a medseg checkpoint: (net in eval mode, config, plan)."""
@@ -192,6 +220,11 @@ def load_network(ckpt_path: str | Path, device: str | torch.device = "cpu") -> t
     hp = ckpt.get("hyper_parameters")
     if not hp or "config" not in hp or "plan" not in hp:
         raise ValueError(f"{ckpt_path}: not a medseg checkpoint (no config/plan in hyper_parameters)")
+    if hp.get("task") == "pretrain":
+        raise ValueError(
+            f"{ckpt_path}: a `medseg pretrain` run restores images and does not segment; fine-tune it first with "
+            f"`medseg train PIPELINE --set init_from={Path(ckpt_path).parent.parent}` and predict with that run"
+        )
     cfg = from_dict(hp["config"])
     plan = PreprocessingPlan(**hp["plan"])
     net = build_network(cfg.model, in_channels(cfg, plan), plan.num_classes)

@@ -1,48 +1,36 @@
 """Train a pipeline into a run directory (library entry behind ``medseg train``).
 
-RUN_DIR holds: ``config.yaml`` (resolved), ``preprocessing.json`` (plan), ``split.json``,
+RUN_DIR holds: ``config.yaml`` (resolved), ``preprocessing.json`` (plan), ``split.json``
+(train/val, and which training cases keep their labels and which images are unlabelled),
 ``checkpoints/best.ckpt`` (highest mean validation Dice) and ``checkpoints/last.ckpt``,
-``logs/`` (CSV and TensorBoard), ``learning_curve.png`` and ``run_manifest.json``
-(versions, git commit, seeds, hashes of config and split).
+``logs/`` (CSV and TensorBoard), ``learning_curve.png``, ``run_manifest.json`` (versions,
+git commit, seeds, hashes of config and split) and, with ``init_from``,
+``init_from_report.json``. The Trainer and the run directory's life cycle are
+:mod:`medseg.training.fit`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import logging
 import os
-import platform
-import subprocess
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
-from pytorch_lightning.callbacks import (
-    Callback,
-    EarlyStopping,
-    EMAWeightAveraging,
-    ModelCheckpoint,
-    OnExceptionCheckpoint,
-)
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-import medseg
 from medseg.config import ConfigError, PipelineConfig, dump
 from medseg.data.datamodule import SegmentationDataModule, load_or_make_split
 from medseg.data.fingerprint import make_plan
-from medseg.data.manifest import Manifest, load_manifest
+from medseg.data.manifest import Case, Manifest, load_manifest
 from medseg.data.preprocess import PreprocessingPlan
-from medseg.training.curves import plot_learning_curve
-from medseg.training.module import SegmentationModule, init_weights_from, module_hparams
-from medseg.training.precision import cpu_has_native_bf16, resolve_precision
+from medseg.data.unlabelled import describe, label_budget, labelled_and_unlabelled, unlabelled_pool
+from medseg.training.fit import check_run_dir, fit, run_manifest
+from medseg.training.init_from import init_weights_from, summary_line
+from medseg.training.module import SegmentationModule, module_hparams
+from medseg.training.precision import resolve_precision
 from medseg.utils import atomic_write_text
-
-log = logging.getLogger("medseg.train")
 
 
 @dataclass
@@ -54,97 +42,6 @@ class TrainResult:
     seconds: float
 
 
-def _sha(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=Path(medseg.__file__).parent, capture_output=True, encoding="utf-8", errors="replace", timeout=5
-        )
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-def _run_manifest(cfg: PipelineConfig, run_dir: Path, split: dict[str, Any], precision: str) -> dict[str, Any]:
-    import monai
-    import numpy
-
-    return {
-        "medseg": medseg.__version__,
-        "monai": monai.__version__,
-        "torch": torch.__version__,
-        "pytorch_lightning": pl.__version__,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "git_commit": _git_commit(),
-        "seed": cfg.trainer.seed,
-        "precision": precision,
-        "cpu_native_bf16": cpu_has_native_bf16(),
-        "config_sha256": _sha((run_dir / "config.yaml").read_text(encoding="utf-8")),
-        "split_sha256": _sha(json.dumps(split, sort_keys=True)),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-    }
-
-
-class _RankZeroEpochPrinter(Callback):
-    """One readable line per validation, for logs without a progress bar."""
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.sanity_checking or trainer.global_rank != 0:
-            return
-        m = trainer.callback_metrics
-        parts = [f"epoch {trainer.current_epoch}"]
-        parts += [f"{k.split('/')[-1]}={float(v):.4f}" for k, v in m.items() if k.startswith("val/dice_") or k == "val/mean_dice"]
-        print("  ".join(parts), flush=True)
-
-
-class _SaveLast(Callback):
-    """Write ``last.ckpt`` after every epoch, atomically (temporary name, then rename).
-
-    Lightning 2.6's ``ModelCheckpoint(save_last=True)`` only writes ``last`` when it also
-    saved a top-k checkpoint, i.e. only on validation epochs; a run killed between
-    validations would then lose every epoch since the last one.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        tmp = self.path.with_name(f".{self.path.name}.part")
-        trainer.save_checkpoint(tmp)  # every rank calls it; the strategy writes on rank 0
-        trainer.strategy.barrier("medseg_save_last")
-        if trainer.global_rank == 0:
-            os.replace(tmp, self.path)
-
-
-class _TimeBudget(Callback):
-    """Stop after ``seconds`` of training, validating the final weights first.
-
-    Lightning's ``Timer`` stops mid-epoch without validating, so the weights of the last
-    minutes (those trained at the annealed learning rate) would never be considered for
-    ``best.ckpt``. Here the stop is requested with a validation on the same epoch.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.started: float | None = None
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self.started = time.monotonic()
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        elapsed = time.monotonic() - (self.started or time.monotonic())
-        # every rank must agree, or DDP ranks would stop at different steps
-        stop = trainer.strategy.reduce_boolean_decision(elapsed >= self.seconds, all=False)
-        if stop and not trainer.should_stop:
-            trainer.check_val_every_n_epoch = 1
-            trainer.should_stop = True
-
-
 def _resolve_plan(cfg: PipelineConfig, manifest: Manifest, run_dir: Path, resume: bool) -> PreprocessingPlan:
     plan_path = run_dir / "preprocessing.json"
     if resume and plan_path.exists():
@@ -154,107 +51,86 @@ def _resolve_plan(cfg: PipelineConfig, manifest: Manifest, run_dir: Path, resume
     return plan
 
 
+def plan_cases(
+    cfg: PipelineConfig, manifest: Manifest, split: dict[str, Any], train_labelled: list[Case]
+) -> tuple[dict[str, Any], list[Case]]:
+    """Which training cases keep their labels and which images train without: decided from
+    file lists only, so every impossible combination fails before any compute.
+
+    Returns the split with ``labelled`` and ``unlabelled`` (names) added, and the
+    unlabelled image-only cases (empty without a semi-supervised method).
+    """
+    s = cfg.semi_supervised
+    try:
+        labelled, hidden = label_budget(split["train"], cfg.data.labelled_cases, cfg.trainer.seed)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    pool: list[Case] = []
+    if s.method == "none":
+        if s.unlabelled:
+            raise ConfigError(
+                f"semi_supervised.unlabelled: {s.unlabelled} is given but semi_supervised.method is none; "
+                "set --set semi_supervised.method=mean_teacher to learn from them, or drop --unlabelled"
+            )
+        unused = [c.name for c in manifest.training if c.label is None]
+        if unused:
+            print(f"note: {len(unused)} training cases have no label and are not used ({', '.join(unused[:3])}...); "
+                  "--set semi_supervised.method=mean_teacher learns from them", flush=True)
+        if hidden:
+            print(f"note: data.labelled_cases={len(labelled)}: the labels of {len(hidden)} training cases are hidden and "
+                  "those cases unused; --set semi_supervised.method=mean_teacher learns from their images", flush=True)
+    else:
+        pool = unlabelled_pool(manifest, s.unlabelled, train_labelled)
+        pool += [Case(n, list(manifest.case(n).images), None) for n in hidden]
+        if not pool:
+            raise ConfigError(
+                f"semi_supervised.method: {s.method} needs unlabelled images and {manifest.path} has none; "
+                "add --unlabelled MANIFEST|FOLDER, or set data.labelled_cases=N to train on N labels"
+            )
+    return {**split, "labelled": labelled, "unlabelled": [c.name for c in pool]}, pool
+
+
 def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> TrainResult:
     """Train ``cfg`` into ``run_dir``; ``resume`` continues from ``checkpoints/last.ckpt``."""
     start = time.time()
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: no dataset given; set it in the pipeline or pass --data MANIFEST")
     run_dir = Path(run_dir)
+    manifest = load_manifest(cfg.data.manifest)
+    labelled_cases, _ = labelled_and_unlabelled(manifest)
+    if not labelled_cases:
+        raise ConfigError(
+            f"{manifest.path}: no training case has a label, and medseg train learns from labels; add label paths, "
+            f"or learn from these images with `medseg pretrain PIPELINE --data {manifest.path} --output RUN` "
+            "and fine-tune with --set init_from=RUN"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
-    ckpt_dir = run_dir / "checkpoints"
-    last, interrupted = ckpt_dir / "last.ckpt", ckpt_dir / "interrupted.ckpt"
-    if resume and not (last.exists() or interrupted.exists()):
-        raise FileNotFoundError(f"{last}: nothing to resume from; run without --resume to start training")
-    if not resume and (last.exists() or interrupted.exists()):
-        # (Lightning's fit would otherwise silently resume from interrupted.ckpt)
-        raise FileExistsError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --output")
+    check_run_dir(run_dir, resume)
+    split = load_or_make_split(run_dir / "split.json", [c.name for c in labelled_cases], cfg)
+    split, unlabelled = plan_cases(cfg, manifest, split, labelled_cases)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     rank = int(os.environ.get("LOCAL_RANK", 0))
-    manifest = load_manifest(cfg.data.manifest)
     if rank == 0:
         dump(cfg, run_dir / "config.yaml")
+        atomic_write_text(run_dir / "split.json", json.dumps(split, indent=2))
     plan = _resolve_plan(cfg, manifest, run_dir, resume or rank > 0)
-    split = load_or_make_split(run_dir / "split.json", [c.name for c in manifest.training], cfg)
-    t = cfg.trainer
-    precision = resolve_precision(t.precision, t.accelerator)
+    precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     if rank == 0:
-        if t.precision == "auto":
+        if cfg.trainer.precision == "auto":
             print(f"trainer.precision auto -> {precision}", flush=True)
-        atomic_write_text(run_dir / "run_manifest.json", json.dumps(_run_manifest(cfg, run_dir, split, precision), indent=2))
-    dm = SegmentationDataModule(cfg, manifest, plan, split, cache_dir=Path(os.environ.get("MEDSEG_CACHE", run_dir / "cache")))
+        print(f"training on {describe(split)}", flush=True)
+        atomic_write_text(run_dir / "run_manifest.json", json.dumps(run_manifest(cfg, run_dir, split, precision), indent=2))
+    cache = Path(os.environ.get("MEDSEG_CACHE", run_dir / "cache"))
+    dm = SegmentationDataModule(cfg, manifest, plan, split, cache_dir=cache, unlabelled=unlabelled)
     module = SegmentationModule(**module_hparams(cfg, plan))
     if cfg.init_from and not resume:
         report = init_weights_from(module, cfg.init_from)
         atomic_write_text(run_dir / "init_from_report.json", json.dumps(report, indent=2))
-        print(
-            f"init_from {cfg.init_from}: {len(report['loaded'])} tensors loaded, {len(report['reshaped'])} reshaped, "
-            f"{len(report['skipped'])} skipped, {len(report['missing'])} not in the checkpoint "
-            f"(details in {run_dir / 'init_from_report.json'})"
-        )
-    has_val = bool(split["val"])
-    best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/mean_dice", mode="max", save_top_k=1,
-                              auto_insert_metric_name=False, enable_version_counter=False)
-    callbacks: list[Callback] = [_SaveLast(last), OnExceptionCheckpoint(ckpt_dir, filename="interrupted"), _RankZeroEpochPrinter()]
-    if has_val:
-        callbacks.insert(0, best_cb)
-    if has_val and t.early_stopping_patience:
-        callbacks.append(EarlyStopping("val/mean_dice", mode="max", patience=t.early_stopping_patience))
-    if t.max_time_minutes:
-        callbacks.append(_TimeBudget(t.max_time_minutes * 60.0))
-    if cfg.optim.ema_decay:
-        # Lightning swaps the averaged weights in for validation and writes them as the
-        # checkpoint's state_dict (the trained ones under current_model_state, for --resume)
-        callbacks.append(EMAWeightAveraging(decay=cfg.optim.ema_decay))
-    # A resumed run logs into logs/resume_<n>/ (Lightning's CSV logger would otherwise
-    # overwrite the first run's metrics.csv); the learning curve merges all of them.
-    log_version = f"resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}" if resume else ""
-    strategy: Any = t.strategy
-    if t.strategy == "ddp":
-        from pytorch_lightning.strategies import DDPStrategy
-
-        strategy = DDPStrategy(process_group_backend="gloo" if t.accelerator == "cpu" else None, find_unused_parameters=False)
-    trainer = pl.Trainer(
-        default_root_dir=run_dir,
-        max_epochs=t.max_epochs,
-        accelerator=t.accelerator,
-        devices=t.devices,
-        num_nodes=t.num_nodes,
-        strategy=strategy,
-        precision=precision,  # type: ignore[arg-type]
-        check_val_every_n_epoch=t.val_every_n_epochs,
-        limit_val_batches=1.0 if has_val else 0,
-        num_sanity_val_steps=0,
-        gradient_clip_val=cfg.optim.grad_clip or None,
-        callbacks=callbacks,
-        logger=[CSVLogger(run_dir / "logs", name="", version=log_version), TensorBoardLogger(run_dir / "logs", name="tb", version=log_version)],
-        log_every_n_steps=max(1, min(50, t.steps_per_epoch)),
-        enable_progress_bar=t.progress_bar,
-        deterministic=t.deterministic,
-        use_distributed_sampler=False,
-        enable_model_summary=False,
-    )
-    if resume:
-        # an interrupted run (Ctrl-C, exception) leaves interrupted.ckpt mid-epoch: take the newer
-        newest = max((p for p in (last, interrupted) if p.exists()), key=lambda p: p.stat().st_mtime)
-        trainer.fit(module, datamodule=dm, ckpt_path=str(newest))
-    else:
-        with warnings.catch_warnings():
-            # With OnExceptionCheckpoint, Lightning turns a fresh fit's ckpt_path=None into "last"
-            # and warns twice that there is nothing to load: true, and expected, for a new run.
-            warnings.filterwarnings("ignore", message=r"`\.fit\(ckpt_path=None\)` was called without a model")
-            warnings.filterwarnings("ignore", message=r'\.fit\(ckpt_path="last"\) is set, but there is no last checkpoint')
-            trainer.fit(module, datamodule=dm)
-    best = Path(best_cb.best_model_path) if has_val and best_cb.best_model_path else None
-    if best is None and (ckpt_dir / "best.ckpt").exists():
-        best = ckpt_dir / "best.ckpt"
-    score = float(best_cb.best_model_score) if has_val and best_cb.best_model_score is not None else None
-    if trainer.global_rank == 0:
-        plot_learning_curve(run_dir / "logs", run_dir / "learning_curve.png")
-        summary = {"best_checkpoint": str(best) if best else None, "best_val_mean_dice": score,
-                   "seconds": round(time.time() - start, 1), "epochs": trainer.current_epoch, "steps": trainer.global_step,
-                   "precision": precision, "memory_format": module.memory_format_choice}
-        atomic_write_text(run_dir / "train_summary.json", json.dumps(summary, indent=2))
-    return TrainResult(run_dir, best, last if last.exists() else None, score, time.time() - start)
+        if rank == 0:
+            print(f"{summary_line(report)} (details in {run_dir / 'init_from_report.json'})", flush=True)
+    result = fit(module, dm, cfg, run_dir, resume=resume, precision=precision, has_val=bool(split["val"]),
+                 monitor="val/mean_dice", mode="max", started=start)
+    return TrainResult(run_dir, result.best_checkpoint, result.last_checkpoint, result.best_score, time.time() - start)
 
 
 def best_checkpoint(path: str | Path) -> Path:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.config import from_dict
+from medseg.config import ConfigError, from_dict
 from medseg.data.datamodule import load_or_make_split, make_split
 from medseg.data.synthetic import generate_dataset
 from medseg.training.run import best_checkpoint, train
@@ -223,3 +223,50 @@ def test_time_budget_stops_and_validates_the_final_weights(phantoms, tmp_path):
     assert summary["epochs"] < 499
     # validation never came due by the schedule (every 1000 epochs) but ran at the stop
     assert result.best_val_dice is not None and (tmp_path / "run" / "checkpoints" / "best.ckpt").exists()
+
+
+def test_label_less_manifest_fails_before_any_compute(phantoms, tmp_path):
+    images = sorted((phantoms.parent / "imagesTr").glob("*.nii.gz"))
+    csv_path = tmp_path / "images.csv"
+    csv_path.write_text("image\n" + "\n".join(str(p) for p in images) + "\n")
+    with pytest.raises(ConfigError, match=r"no training case has a label.*medseg pretrain"):
+        train(tiny_cfg(csv_path), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["data.labelled_cases=9"], r"labelled_cases: 9 is more than the 3 cases of the training split"),
+    (["semi_supervised.method=mean_teacher"], r"needs unlabelled images.*--unlabelled"),
+    (["semi_supervised.unlabelled=[x]"], r"semi_supervised.method is none"),
+])
+def test_limited_label_mistakes_fail_before_any_compute(phantoms, tmp_path, extra, message):
+    with pytest.raises(ConfigError, match=message):
+        train(tiny_cfg(phantoms, *extra), tmp_path / "run")
+    assert not (tmp_path / "run" / "preprocessing.json").exists()  # no fingerprint, no preprocessing
+
+
+def test_mean_teacher_with_a_label_budget_from_yaml(phantoms, tmp_path, capsys):
+    from medseg.cli import main
+
+    pipeline = tmp_path / "semi.yaml"
+    pipeline.write_text("name: semi\ndata:\n  labelled_cases: 2\nsemi_supervised:\n  method: mean_teacher\n"
+                        "  rampup_epochs: 1\n")
+    extra = tmp_path / "more"
+    extra.mkdir()
+    test_image = sorted((phantoms.parent / "imagesTs").glob("*.nii.gz"))[0]
+    (extra / test_image.name).symlink_to(test_image)
+    args = ["train", str(pipeline), "--data", str(phantoms), "--output", str(tmp_path / "run"), "--unlabelled", str(extra)]
+    assert main([*args, *[a for s in TINY for a in ("--set", s)]]) == 0
+    assert "2 labelled training cases, 1 validation cases, 2 unlabelled images" in capsys.readouterr().out
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert len(split["labelled"]) == 2 and set(split["labelled"]) < set(split["train"])
+    hidden = sorted(set(split["train"]) - set(split["labelled"]))
+    assert sorted(split["unlabelled"]) == sorted([*hidden, test_image.name.removesuffix(".nii.gz")])
+    assert not set(split["unlabelled"]) & set(split["val"])
+    with (tmp_path / "run" / "logs" / "metrics.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("train/consistency")]
+    assert rows and all(float(r["train/consistency"]) >= 0 for r in rows)
+    weights = [float(r["train/consistency_weight"]) for r in rows]
+    assert weights[0] < weights[-1] == pytest.approx(1.0)  # ramped up over the first epoch
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
+    assert any(k.startswith("teacher.") for k in state)  # resumable with its teacher

@@ -1,0 +1,164 @@
+"""Limited-labels benchmark on the real Decathlon hippocampus data (issue: limited labels).
+
+A learning curve: for each label budget (``--labels 10,20,40,all``), runs of the shipped
+pipeline (``pipelines/hippocampus_3d.yaml``) with the same fine-tuning budget in optimiser
+steps (``--steps``; steps, not minutes, so that a busy machine changes the wall time and not
+the result) for each arm:
+
+* ``scratch``: only the labelled cases (``data.labelled_cases=N``);
+* ``semi``: the same plus the rest of the training split as unlabelled images
+  (``semi_supervised.method=mean_teacher``);
+* ``pre``: ``scratch`` started from a ``medseg pretrain`` run on all the images
+  (``init_from``; pretrained once, ``--pretrain-steps``, its cost listed apart);
+* ``both``: ``pre`` and ``semi`` together.
+
+Each run is scored on its validation split (never trained on, the same 42 cases for every
+run: the split is seeded and made before the label budget) in the original geometry with
+``medseg predict --tta`` + ``medseg evaluate``: mean foreground Dice and its per-case spread.
+
+    python benchmarks/bench_limited_labels.py --data ../shared/data/Task04_Hippocampus \
+        --labels 20,all --arms scratch,semi,pre --steps 1500 --pretrain-steps 1500
+
+Results accumulate in ``benchmarks/results/limited-labels-<cpu>.json`` and are rendered in
+RESULTS.md ("## Limited labels on <CPU>").
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from _results import cpu_model, machine_line, update_section  # noqa: E402
+from bench_training import PIPELINE, held_out_manifest, measured  # noqa: E402
+
+from medseg.utils import atomic_write_text  # noqa: E402
+
+ARMS = ("scratch", "semi", "pre", "both")
+
+
+def results_file() -> Path:
+    slug = "".join(c if c.isalnum() else "-" for c in cpu_model().lower()).strip("-")
+    return REPO / "benchmarks" / "results" / f"limited-labels-{slug}.json"
+
+
+def budget(steps: int) -> list[str]:
+    epochs = max(1, steps // 50)
+    return [f"trainer.max_epochs={epochs}", "trainer.steps_per_epoch=50", "trainer.max_time_minutes=0",
+            "trainer.val_every_n_epochs=5", "trainer.progress_bar=false"]
+
+
+def pretrain(data: Path, out: Path, steps: int) -> dict:
+    run = out / "pretrain"
+    cmd = [sys.executable, "-m", "medseg", "pretrain", str(PIPELINE), "--data", str(data / "dataset.json"),
+           "--output", str(run), *[a for s in budget(steps) for a in ("--set", s)]]
+    if not (run / "train_summary.json").exists():
+        rc, _, _ = measured(cmd)
+        if rc != 0:
+            raise SystemExit(f"pretraining exited {rc}: {' '.join(cmd)}")
+    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
+    return {"run": str(run), "steps": summary["steps"], "train_minutes": summary["seconds"] / 60,
+            "best_val_recon_loss": summary.get("best_val_recon_loss"), "command": " ".join(cmd[1:])}
+
+
+def per_case(eval_dir: Path) -> dict[str, float]:
+    """Case -> mean foreground Dice over its structures (metrics.csv of medseg evaluate)."""
+    cases: dict[str, list[float]] = {}
+    with (eval_dir / "metrics.csv").open(encoding="utf-8") as fh:
+        for r in csv.DictReader(fh):
+            if r["dice"] not in ("", "nan"):
+                cases.setdefault(r["case"], []).append(float(r["dice"]))
+    return {k: sum(v) / len(v) for k, v in cases.items()}
+
+
+def arm(name: str, labels: str, data: Path, out: Path, steps: int, pre_run: str | None) -> dict:
+    overrides = budget(steps)
+    if labels != "all":
+        overrides.append(f"data.labelled_cases={labels}")
+    if name in ("semi", "both"):
+        overrides.append("semi_supervised.method=mean_teacher")
+    if name in ("pre", "both"):
+        overrides.append(f"init_from={pre_run}")
+    run = out / f"{name}-{labels}"
+    cmd = [sys.executable, "-m", "medseg", "train", str(PIPELINE), "--data", str(data / "dataset.json"),
+           "--output", str(run), *[a for s in overrides for a in ("--set", s)]]
+    if not (run / "train_summary.json").exists():
+        rc, _, _ = measured(cmd)
+        if rc != 0:
+            return {"error": f"training exited {rc}", "command": " ".join(cmd[1:])}
+    manifest = held_out_manifest(run, data)
+    pred, ev = run / "heldout_pred_tta", run / "heldout_eval_tta"
+    subprocess.run([sys.executable, "-m", "medseg", "predict", "--model", str(run), "--input", str(manifest),
+                    "--output", str(pred), "--tta"], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, "-m", "medseg", "evaluate", "--pred", str(pred), "--ref", str(manifest),
+                    "--output", str(ev)], check=False, stdout=subprocess.DEVNULL)
+    dice = per_case(ev)
+    values = sorted(dice.values())
+    summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
+    quartiles = statistics.quantiles(values, n=4)
+    return {"mean": statistics.fmean(values), "min": values[0], "q1": quartiles[0], "median": quartiles[1],
+            "cases": len(values), "steps": summary["steps"], "train_minutes": summary["seconds"] / 60,
+            "best_val": summary.get("best_val_mean_dice"), "command": " ".join(cmd[1:])}
+
+
+def render(results: dict) -> str:
+    lines = [machine_line(), ""]
+    pre = results.get("pretrain")
+    if pre:
+        lines += [f"Pretraining (masked-volume reconstruction, all 208 images, labels unused): {pre['steps']} steps, "
+                  f"{pre['train_minutes']:.1f} min, best held-out reconstruction loss {pre['best_val_recon_loss']:.4f}.",
+                  f"`{pre['command']}`", ""]
+    lines += ["| labelled cases | arm | held-out mean fg Dice (TTA) | per case: min / Q1 / median | best val Dice "
+              "(no TTA) | steps | train min |", "|---|---|---|---|---|---|---|"]
+    for key, r in sorted(results.get("runs", {}).items(), key=lambda kv: (kv[0].split("-")[1], kv[0])):
+        name, labels = key.split("-", 1)
+        if "error" in r:
+            lines.append(f"| {labels} | {name} | {r['error']} | | | | |")
+            continue
+        lines.append(f"| {labels} | {name} | {r['mean']:.3f} | {r['min']:.3f} / {r['q1']:.3f} / {r['median']:.3f} | "
+                     f"{r['best_val'] or float('nan'):.3f} | {r['steps']} | {r['train_minutes']:.1f} |")
+    lines += ["", "Commands (each run): " + "; ".join(f"`{r['command']}`" for r in results.get("runs", {}).values())]
+    if results.get("commentary"):
+        lines += ["", results["commentary"]]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "Task04_Hippocampus")
+    ap.add_argument("--output", type=Path, default=REPO / "bench_output" / "limited_labels")
+    ap.add_argument("--labels", default="20,all", help="comma-separated label budgets (numbers or 'all')")
+    ap.add_argument("--arms", default="scratch,semi,pre", help=f"comma-separated arms among {', '.join(ARMS)}")
+    ap.add_argument("--steps", type=int, default=1500, help="fine-tuning optimiser steps per run")
+    ap.add_argument("--pretrain-steps", type=int, default=1500)
+    args = ap.parse_args()
+    arms = [a for a in args.arms.split(",") if a]
+    unknown = [a for a in arms if a not in ARMS]
+    if unknown:
+        raise SystemExit(f"--arms: unknown {unknown}; choose among {', '.join(ARMS)}")
+    path = results_file()
+    results = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    args.output.mkdir(parents=True, exist_ok=True)
+    pre_run = None
+    if any(a in ("pre", "both") for a in arms):
+        results["pretrain"] = pretrain(args.data, args.output, args.pretrain_steps)
+        pre_run = results["pretrain"]["run"]
+    for labels in args.labels.split(","):
+        for name in arms:
+            results.setdefault("runs", {})[f"{name}-{labels}"] = arm(name, labels, args.data, args.output, args.steps,
+                                                                     pre_run)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, json.dumps(results, indent=2))
+            print(json.dumps({f"{name}-{labels}": results["runs"][f"{name}-{labels}"]}), flush=True)
+    update_section(f"Limited labels on {cpu_model()}", render(results))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
