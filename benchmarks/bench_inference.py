@@ -159,7 +159,7 @@ def run_monai(image: str, ckpt: str, out: str, warmup: str) -> float:
         Spacingd,
     )
 
-    from medseg.training.module import load_network
+    from medseg.models.checkpoint import load_network
 
     net, cfg, plan = load_network(ckpt, "cpu")
     if plan.normalization == "ct":

@@ -59,7 +59,8 @@ def pretrain(data: Path, out: Path, steps: int) -> dict:
     cmd = [sys.executable, "-m", "medseg", "pretrain", str(PIPELINE), "--data", str(data / "dataset.json"),
            "--output", str(run), *[a for s in budget(steps) for a in ("--set", s)]]
     if not (run / "train_summary.json").exists():
-        rc, _, _ = measured(cmd)
+        interrupted = (run / "checkpoints" / "last.ckpt").exists() or (run / "checkpoints" / "interrupted.ckpt").exists()
+        rc, _, _ = measured([*cmd, "--resume"] if interrupted else cmd)  # a killed benchmark continues
         if rc != 0:
             raise SystemExit(f"pretraining exited {rc}: {' '.join(cmd)}")
     summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))

@@ -62,8 +62,7 @@ def export_model(model: Path | str, output: Path | str, formats: tuple[str, ...]
     ``formats``: any of ``torchscript``, ``onnx``. Returns the metadata written to
     ``medseg_export.json``. Files are written atomically.
     """
-    from medseg.training.module import in_channels, load_network
-    from medseg.training.run import best_checkpoint
+    from medseg.models.checkpoint import best_checkpoint, in_channels, load_network
 
     unknown = [f for f in formats if f not in FILES]
     if unknown or not formats:

@@ -77,8 +77,7 @@ def load_model(path: Path | str, device: str = "cpu") -> tuple[LoadedModel, Prep
     if path.is_dir() and is_export_dir(path):
         net, cfg, plan = load_exported(path, device=device)
         return LoadedModel(net, cfg, str(path)), plan
-    from medseg.training.module import load_network
-    from medseg.training.run import best_checkpoint
+    from medseg.models.checkpoint import best_checkpoint, load_network
 
     ckpt = best_checkpoint(path)
     net, cfg, plan = load_network(ckpt, device)

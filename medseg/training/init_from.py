@@ -24,6 +24,7 @@ import torch
 
 from medseg.config import ModelConfig
 from medseg.data.preprocess import PreprocessingPlan
+from medseg.models.checkpoint import best_checkpoint, in_channels, read_checkpoint
 from medseg.models.registry import build_network
 
 
@@ -51,8 +52,6 @@ def layer_roles(model: ModelConfig, in_channels: int, out_channels: int) -> tupl
 def resolve_source(path: str | Path) -> Path:
     """A checkpoint file, or the best checkpoint of a run directory (``medseg train`` or
     ``medseg pretrain``)."""
-    from medseg.training.run import best_checkpoint
-
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"init_from: {p} does not exist; give a run directory or a .ckpt file")
@@ -80,10 +79,8 @@ def init_weights_from(module: Any, path: str | Path) -> dict[str, Any]:
     with no counterpart) and ``plan_differences`` (preprocessing that differs from the
     source's, which weakens what the weights transfer).
     """
-    from medseg.training.module import in_channels
-
     ckpt_path = resolve_source(path)
-    ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
+    ckpt = read_checkpoint(ckpt_path)
     state = ckpt.get("state_dict", ckpt)
     source = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")} or dict(state)
     hp = ckpt.get("hyper_parameters") or {}

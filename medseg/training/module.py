@@ -2,7 +2,7 @@
 
 The checkpoint's ``hyper_parameters`` hold the resolved pipeline config and the
 preprocessing plan, so a checkpoint alone is enough to predict
-(:func:`load_network`). Validation runs whole-volume sliding-window inference on the
+(:func:`medseg.models.checkpoint.load_network`, which needs no Lightning). Validation runs whole-volume sliding-window inference on the
 validation cases (on the preprocessed grid) and logs per-structure Dice
 (``val/dice_<structure>``) and their mean (``val/mean_dice``, the checkpoint monitor).
 Under DDP each rank validates a disjoint share of the cases and the per-structure sums
@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import asdict
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -24,15 +23,11 @@ import torch
 from medseg.config import PipelineConfig, from_dict
 from medseg.data.preprocess import PreprocessingPlan
 from medseg.inference.window import predict_probabilities
+from medseg.models.checkpoint import in_channels
 from medseg.models.registry import build_network
 from medseg.training import semi
 from medseg.training.layout import choose_memory_format
 from medseg.training.losses import build_loss, deep_supervision_loss
-
-
-def in_channels(cfg: PipelineConfig, plan: PreprocessingPlan) -> int:
-    slab = cfg.data.slab_slices if cfg.model.spatial_dims == 2 else 1
-    return len(plan.channel_names) * slab
 
 
 def case_dice(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -212,25 +207,6 @@ class SegmentationModule(NetworkModule):
             self.log(f"val/dice_{name}", value, rank_zero_only=True, sync_dist=False)
         self.log("val/mean_dice", mean, prog_bar=True, sync_dist=False)
         self.log("val/cases", counts.max(), sync_dist=False)
-
-
-def load_network(ckpt_path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, PipelineConfig, PreprocessingPlan]:
-    """Rebuild the network from a medseg checkpoint: (net in eval mode, config, plan)."""
-    ckpt = torch.load(str(ckpt_path), map_location="cpu", weights_only=False)
-    hp = ckpt.get("hyper_parameters")
-    if not hp or "config" not in hp or "plan" not in hp:
-        raise ValueError(f"{ckpt_path}: not a medseg checkpoint (no config/plan in hyper_parameters)")
-    if hp.get("task") == "pretrain":
-        raise ValueError(
-            f"{ckpt_path}: a `medseg pretrain` run restores images and does not segment; fine-tune it first with "
-            f"`medseg train PIPELINE --set init_from={Path(ckpt_path).parent.parent}` and predict with that run"
-        )
-    cfg = from_dict(hp["config"])
-    plan = PreprocessingPlan(**hp["plan"])
-    net = build_network(cfg.model, in_channels(cfg, plan), plan.num_classes)
-    state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
-    net.load_state_dict(state)
-    return net.to(device).eval(), cfg, plan
 
 
 def module_hparams(cfg: PipelineConfig, plan: PreprocessingPlan) -> dict[str, Any]:

@@ -30,9 +30,10 @@ from medseg.data.manifest import Manifest
 from medseg.data.preprocess import PreprocessingPlan
 from medseg.data.sampling import sample_patch
 from medseg.data.unlabelled import every_image, load_images
+from medseg.models.checkpoint import in_channels
 from medseg.models.registry import build_network
 from medseg.training.fit import FitResult, check_run_dir, fit, run_manifest
-from medseg.training.module import NetworkModule, in_channels, module_hparams
+from medseg.training.module import NetworkModule, module_hparams
 from medseg.training.precision import resolve_precision
 from medseg.utils import atomic_write_text
 

@@ -131,14 +131,3 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
     result = fit(module, dm, cfg, run_dir, resume=resume, precision=precision, has_val=bool(split["val"]),
                  monitor="val/mean_dice", mode="max", started=start)
     return TrainResult(run_dir, result.best_checkpoint, result.last_checkpoint, result.best_score, time.time() - start)
-
-
-def best_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or the best one in a run directory (falling back to last.ckpt)."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    for candidate in (path / "checkpoints" / "best.ckpt", path / "checkpoints" / "last.ckpt"):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"{path}: no checkpoints/best.ckpt or last.ckpt; pass a run directory or a .ckpt file")

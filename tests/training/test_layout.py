@@ -5,8 +5,9 @@ import torch
 
 from medseg.config import from_dict
 from medseg.data.preprocess import PreprocessingPlan
+from medseg.models.checkpoint import load_network
 from medseg.training.layout import choose_memory_format
-from medseg.training.module import SegmentationModule, load_network, module_hparams
+from medseg.training.module import SegmentationModule, module_hparams
 
 
 def _net() -> torch.nn.Module:

@@ -16,7 +16,7 @@ import torch
 from medseg.cli import main
 from medseg.config import from_dict
 from medseg.data.synthetic import generate_dataset
-from medseg.training.module import load_network
+from medseg.models.checkpoint import load_network
 from medseg.training.pretrain import block_mask, masked_mse, pretrain
 
 TINY = ["data.patch_size=[16,16,16]", "data.batch_size=2", "data.target_spacing=[4.0,4.0,4.0]", "model.channels=[4,8]",

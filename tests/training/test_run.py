@@ -19,7 +19,8 @@ import torch
 from medseg.config import ConfigError, from_dict
 from medseg.data.datamodule import load_or_make_split, make_split
 from medseg.data.synthetic import generate_dataset
-from medseg.training.run import best_checkpoint, train
+from medseg.models.checkpoint import best_checkpoint
+from medseg.training.run import train
 
 pytestmark = pytest.mark.slow
 
@@ -104,7 +105,7 @@ def test_resume_continues_from_last_checkpoint(phantoms, tmp_path):
 def test_ema_weights_are_saved_loaded_and_resumed(phantoms, tmp_path):
     """optim.ema_decay: checkpoints hold the averaged weights (what predictions load) and
     the trained ones for --resume, which continues both."""
-    from medseg.training.module import load_network
+    from medseg.models.checkpoint import load_network
 
     run = tmp_path / "run"
     train(tiny_cfg(phantoms, "trainer.max_epochs=1", "optim.ema_decay=0.5"), run)
@@ -183,7 +184,8 @@ def test_ddp_two_cpu_processes_reduce_metrics_and_write_checkpoint_once(phantoms
     from medseg.data.manifest import load_manifest
     from medseg.data.preprocess import PreprocessingPlan
     from medseg.inference.window import predict_probabilities
-    from medseg.training.module import case_dice, load_network
+    from medseg.models.checkpoint import load_network
+    from medseg.training.module import case_dice
 
     net, cfg, plan = load_network(run / "checkpoints" / "last.ckpt")
     plan = PreprocessingPlan.load(run / "preprocessing.json")
