@@ -29,6 +29,7 @@ from medseg.data.manifest import Case, Manifest
 from medseg.data.preprocess import PreprocessingPlan, prepare_case
 from medseg.data.sampling import class_locations, sample_patch
 from medseg.data.spatial_augment import RandSpatialAugmentd
+from medseg.logs import progress_bars
 from medseg.utils import atomic_path, atomic_write_text
 
 
@@ -173,7 +174,7 @@ class SegmentationDataModule(pl.LightningDataModule):
         cases = [self.manifest.case(n) for n in names]
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             jobs = pool.map(lambda c: cached_case(c, self.plan, self.cache_dir), cases)
-            return list(tqdm(jobs, total=len(cases), desc="preprocess", disable=not self.cfg.trainer.progress_bar, leave=False))
+            return list(tqdm(jobs, total=len(cases), desc="preprocess", disable=not (self.cfg.trainer.progress_bar and progress_bars()), leave=False))
 
     def setup(self, stage: str | None = None) -> None:
         if not self.train_cases:

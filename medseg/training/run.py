@@ -37,9 +37,11 @@ from medseg.data.datamodule import SegmentationDataModule, load_or_make_split
 from medseg.data.fingerprint import make_plan
 from medseg.data.manifest import Manifest, load_manifest
 from medseg.data.preprocess import PreprocessingPlan
+from medseg.logs import filter_third_party_noise
 from medseg.training.curves import plot_learning_curve
 from medseg.training.module import SegmentationModule, init_weights_from, module_hparams
 from medseg.training.precision import cpu_has_native_bf16, resolve_precision
+from medseg.training.progress import progress_callbacks
 from medseg.utils import atomic_write_text
 
 log = logging.getLogger("medseg.train")
@@ -157,6 +159,7 @@ def _resolve_plan(cfg: PipelineConfig, manifest: Manifest, run_dir: Path, resume
 def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> TrainResult:
     """Train ``cfg`` into ``run_dir``; ``resume`` continues from ``checkpoints/last.ckpt``."""
     start = time.time()
+    filter_third_party_noise()
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: no dataset given; set it in the pipeline or pass --data MANIFEST")
     run_dir = Path(run_dir)
@@ -205,6 +208,8 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         # Lightning swaps the averaged weights in for validation and writes them as the
         # checkpoint's state_dict (the trained ones under current_model_state, for --resume)
         callbacks.append(EMAWeightAveraging(decay=cfg.optim.ema_decay))
+    show_bar, progress = progress_callbacks(t.progress_bar, t.progress_interval_seconds)
+    callbacks += progress
     # A resumed run logs into logs/resume_<n>/ (Lightning's CSV logger would otherwise
     # overwrite the first run's metrics.csv); the learning curve merges all of them.
     log_version = f"resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}" if resume else ""
@@ -228,7 +233,7 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         callbacks=callbacks,
         logger=[CSVLogger(run_dir / "logs", name="", version=log_version), TensorBoardLogger(run_dir / "logs", name="tb", version=log_version)],
         log_every_n_steps=max(1, min(50, t.steps_per_epoch)),
-        enable_progress_bar=t.progress_bar,
+        enable_progress_bar=show_bar,
         deterministic=t.deterministic,
         use_distributed_sampler=False,
         enable_model_summary=False,
