@@ -29,7 +29,6 @@ from pytorch_lightning.callbacks import (
     ModelCheckpoint,
     OnExceptionCheckpoint,
 )
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 import medseg
 from medseg.config import ConfigError, PipelineConfig, dump
@@ -39,6 +38,7 @@ from medseg.data.manifest import Manifest, load_manifest
 from medseg.data.preprocess import PreprocessingPlan
 from medseg.logs import filter_third_party_noise
 from medseg.training.curves import plot_learning_curve
+from medseg.training.loggers import build_loggers
 from medseg.training.module import SegmentationModule, init_weights_from, module_hparams
 from medseg.training.precision import cpu_has_native_bf16, resolve_precision
 from medseg.training.progress import progress_callbacks
@@ -231,7 +231,7 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         num_sanity_val_steps=0,
         gradient_clip_val=cfg.optim.grad_clip or None,
         callbacks=callbacks,
-        logger=[CSVLogger(run_dir / "logs", name="", version=log_version), TensorBoardLogger(run_dir / "logs", name="tb", version=log_version)],
+        logger=build_loggers(t.loggers, run_dir, log_version, cfg.name),
         log_every_n_steps=max(1, min(50, t.steps_per_epoch)),
         enable_progress_bar=show_bar,
         deterministic=t.deterministic,
