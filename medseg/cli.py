@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from medseg.logs import add_verbosity_options, level_from_args, setup_logging
+
 COMMANDS = ("synth", "check", "plan", "pretrain", "train", "predict", "evaluate", "export")
 
 
@@ -26,12 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"medseg.commands.{name}").add_parser(sub)
+    for command in sub.choices.values():  # --quiet / --verbose on every subcommand
+        add_verbosity_options(command)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    setup_logging(level_from_args(args))
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

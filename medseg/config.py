@@ -165,6 +165,11 @@ class TrainerConfig:
     seed: int = 42
     deterministic: bool = False
     progress_bar: bool = True
+    """Show progress: a bar in a terminal, plain lines in a log file (see progress_interval_seconds)."""
+    progress_interval_seconds: float = 30.0
+    """Not in a terminal: at most one progress line per this many seconds, plus one per epoch."""
+    loggers: list[str] = field(default_factory=lambda: ["csv", "tensorboard"])
+    """Experiment loggers: csv (required), tensorboard, mlflow (pip install 'medseg[mlflow]')."""
 
 
 @dataclass
@@ -374,6 +379,10 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
     _positive("trainer.max_time_minutes", t.max_time_minutes, allow_zero=True)
     _positive("trainer.devices", t.devices)
     _positive("trainer.early_stopping_patience", t.early_stopping_patience, allow_zero=True)
+    _positive("trainer.progress_interval_seconds", t.progress_interval_seconds)
+    from medseg.training.loggers import check_logger_names  # light; imports ConfigError from here
+
+    check_logger_names(t.loggers)
     _positive("data.batch_size", d.batch_size)
     _positive("optim.lr", cfg.optim.lr)
     _positive("optim.grad_clip", cfg.optim.grad_clip, allow_zero=True)

@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     """Check ``args.manifest``; print the problems or a summary; return the exit status."""
     from medseg.data.check import check_dataset, format_problems
     from medseg.data.manifest import ManifestError, load_manifest
+    from medseg.logs import progress_bars
 
     try:
         manifest = load_manifest(args.manifest)
@@ -58,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"medseg check: {err}", file=sys.stderr)
         return 2
     workers = getattr(args, "workers", 1)
-    problems = check_dataset(manifest, progress=sys.stderr.isatty(), workers=workers)
+    problems = check_dataset(manifest, progress=progress_bars(), workers=workers)
     n_errors = sum(p.severity == "error" for p in problems)
     if problems:
         print(format_problems(problems, n_cases=len(manifest.all_cases)))

@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
     """Run the evaluation; print where the outputs are and any problems; return the exit status."""
     from medseg.evaluation.evaluate import evaluate
     from medseg.evaluation.inputs import EvaluationInputError
+    from medseg.logs import progress_bars
 
     try:
         tolerance = parse_tolerances(args.nsd_tolerance)
@@ -88,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         summary = evaluate(
             args.pred, args.ref, args.output, labels=args.labels, nsd_tolerance=tolerance,
             workers=args.workers, empty_policy=args.empty_policy, resample_pred=args.resample_pred,
-            group_by=args.group_by, progress=sys.stderr.isatty(),
+            group_by=args.group_by, progress=progress_bars(),
         )
     except EvaluationInputError as err:
         print(f"medseg evaluate: error: {err}", file=sys.stderr)

@@ -58,7 +58,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("auto", "test", "training", "all"), default="auto",
                    help="manifest input: which cases (auto: test cases, else training cases)")
     p.add_argument("--no-postprocess", action="store_true", help="skip the configured post-processing")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
 
@@ -68,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from medseg.inference.batch import LOG_NAME, predict_batch
     from medseg.inference.inputs import InputError, find_cases
     from medseg.inference.predictor import Predictor, PredictorSpec
+    from medseg.logs import progress_bars
 
     if args.sw_batch_size == 0:
         print("medseg predict: --sw-batch-size 0: expected at least 1 window per forward pass", file=sys.stderr)
@@ -85,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"medseg predict: {err}", file=sys.stderr)
         return 2
-    results = predict_batch(predictor, cases, output, args.format, args.resume, args.workers, not args.quiet)
+    results = predict_batch(predictor, cases, output, args.format, args.resume, args.workers, progress_bars())
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
     print(f"{counts['ok']} predicted, {counts['skipped']} skipped (already done), {counts['failed']} failed "
           f"-> {output} (log: {output / LOG_NAME})")

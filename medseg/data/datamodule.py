@@ -29,6 +29,7 @@ from medseg.data.manifest import Case, Manifest
 from medseg.data.preprocess import PreprocessingPlan, prepare_case
 from medseg.data.sampling import class_locations, sample_patch
 from medseg.data.spatial_augment import RandSpatialAugmentd
+from medseg.logs import progress_bars
 from medseg.utils import atomic_path, atomic_write_text
 
 
@@ -195,7 +196,7 @@ class SegmentationDataModule(pl.LightningDataModule):
 
         with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
             jobs = pool.map(lambda c: self._checked(c, cached_case(c, self.plan, self.cache_dir)), cases)
-            return list(tqdm(jobs, total=len(cases), desc=f"preprocess {what}", disable=not self.cfg.trainer.progress_bar,
+            return list(tqdm(jobs, total=len(cases), desc=f"preprocess {what}", disable=not (self.cfg.trainer.progress_bar and progress_bars()),
                              leave=False))
 
     def _checked(self, case: Case, item: dict[str, Any]) -> dict[str, Any]:

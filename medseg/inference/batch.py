@@ -34,6 +34,7 @@ import torch
 from medseg.data.io import NIFTI_SUFFIXES, ImageReadError, Volume, read_volume, write_label
 from medseg.inference.inputs import InputCase, read_case
 from medseg.inference.predictor import Predictor, PredictorSpec
+from medseg.inference.viewers import write_viewer_tables
 from medseg.utils import atomic_write_text
 
 FORMATS = ("nifti", "dicom-seg", "both")
@@ -237,6 +238,8 @@ def predict_batch(
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output / "predict_config.json", json.dumps(predictor.describe(), indent=2, default=str))
+    if fmt in ("nifti", "both"):  # names and colours for 3D Slicer / ITK-SNAP beside the masks
+        write_viewer_tables(output, predictor.labels)
     log_path = output / LOG_NAME
     done: dict[str, CaseResult] = {}
     bar = tqdm(total=len(cases), unit="case", desc="predict", disable=not progress, dynamic_ncols=True)

@@ -89,7 +89,31 @@ class Predictor:
 
     ``tta``/``overlap``/``sw_batch_size``: override the checkpoints' ``inference``
     settings (None keeps each member's own). ``apply_postprocess``: run the configured
-    per-structure post-processing.
+    per-structure post-processing. Usually built with :meth:`from_checkpoints`:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import medseg
+    >>> from medseg.data.io import read_volume
+    >>> from medseg.data.synthetic import generate_dataset
+    >>> tmp = tempfile.TemporaryDirectory()
+    >>> root = Path(tmp.name)
+    >>> manifest = generate_dataset(root / "data", cases=4, shape=(32, 32, 24))
+    >>> tiny = {"data": {"patch_size": [16, 16, 16], "target_spacing": [4.0, 4.0, 4.0]},
+    ...         "model": {"channels": [4, 8]},
+    ...         "trainer": {"max_epochs": 1, "steps_per_epoch": 2, "val_every_n_epochs": 1,
+    ...                     "memory_format": "contiguous", "progress_bar": False}}
+    >>> _ = medseg.train(tiny, data=manifest, output=root / "run")
+    trainer.memory_format contiguous -> contiguous (requested)
+    epoch 0  dice_organ=...  mean_dice=...
+    >>> predictor = medseg.Predictor.from_checkpoints([root / "run"])
+    >>> predictor.labels
+    {'background': 0, 'organ': 1, 'lesion': 2, 'vessel': 3}
+    >>> image = read_volume(root / "data" / "imagesTs" / "phantom_003.nii.gz")
+    >>> mask = predictor.predict_array(image.array, image.affine)  # (X, Y, Z) label ids
+    >>> mask.shape == image.spatial_shape, mask.dtype.name, set(mask.flat) <= {0, 1, 2, 3}
+    (True, 'uint8', True)
+    >>> tmp.cleanup()
     """
 
     def __init__(

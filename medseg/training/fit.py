@@ -28,12 +28,14 @@ from pytorch_lightning.callbacks import (
     ModelCheckpoint,
     OnExceptionCheckpoint,
 )
-from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
 import medseg
 from medseg.config import PipelineConfig
+from medseg.logs import filter_third_party_noise
 from medseg.training.curves import plot_learning_curve
+from medseg.training.loggers import build_loggers
 from medseg.training.precision import cpu_has_native_bf16
+from medseg.training.progress import progress_callbacks
 from medseg.utils import atomic_write_text
 
 
@@ -170,6 +172,7 @@ def fit(
     ``monitor`` (e.g. ``val/mean_dice``, mode max) selects ``best.ckpt`` and drives early
     stopping; without validation cases only ``last.ckpt`` is written.
     """
+    filter_third_party_noise()
     t = cfg.trainer
     ckpt_dir = run_dir / "checkpoints"
     last, interrupted = ckpt_dir / "last.ckpt", ckpt_dir / "interrupted.ckpt"
@@ -187,6 +190,8 @@ def fit(
         # Lightning swaps the averaged weights in for validation and writes them as the
         # checkpoint's state_dict (the trained ones under current_model_state, for --resume)
         callbacks.append(EMAWeightAveraging(decay=cfg.optim.ema_decay))
+    show_bar, progress = progress_callbacks(t.progress_bar, t.progress_interval_seconds)
+    callbacks += progress
     # A resumed run logs into logs/resume_<n>/ (Lightning's CSV logger would otherwise
     # overwrite the first run's metrics.csv); the learning curve merges all of them.
     log_version = f"resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}" if resume else ""
@@ -208,9 +213,9 @@ def fit(
         num_sanity_val_steps=0,
         gradient_clip_val=cfg.optim.grad_clip or None,
         callbacks=callbacks,
-        logger=[CSVLogger(run_dir / "logs", name="", version=log_version), TensorBoardLogger(run_dir / "logs", name="tb", version=log_version)],
+        logger=build_loggers(t.loggers, run_dir, log_version, cfg.name),
         log_every_n_steps=max(1, min(50, t.steps_per_epoch)),
-        enable_progress_bar=t.progress_bar,
+        enable_progress_bar=show_bar,
         deterministic=t.deterministic,
         use_distributed_sampler=False,
         enable_model_summary=False,

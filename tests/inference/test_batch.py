@@ -151,7 +151,8 @@ def test_interrupted_write_leaves_no_partial_file(tmp_path: Path, checkpoint: Pa
     out = tmp_path / "out"
     with pytest.raises(KeyboardInterrupt):
         predict_batch(predictor, cases, out, progress=False)
-    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "predict_config.json", "predict_log.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.nii.gz", "labels.ctbl", "labels.itksnap.txt", "predict_config.json",
+                                                     "predict_log.csv"]
     assert _log(out)["a"]["status"] == "ok" and "b" not in _log(out)
 
 
