@@ -24,6 +24,7 @@ import torch
 from medseg.config import PipelineConfig, from_dict
 from medseg.data.preprocess import PreprocessingPlan
 from medseg.inference.window import predict_probabilities
+from medseg.models.compat import check_resumable, network_for_state
 from medseg.models.registry import build_network
 from medseg.training.layout import choose_memory_format
 from medseg.training.losses import build_loss, deep_supervision_loss
@@ -84,6 +85,11 @@ class SegmentationModule(pl.LightningModule):
         self._memory_format, self.memory_format_choice = fmt, why
         if fmt is not None:
             self.net.to(memory_format=self._memory_format)  # type: ignore[call-overload]  # (missing from the stubs)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # --resume: refuse a checkpoint whose network is laid out as an older medseg built it
+        state = {k[len("net.") :]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
+        check_resumable(self.cfg.model, in_channels(self.cfg, self.plan), self.num_classes, state, "--resume")
 
     def on_fit_start(self) -> None:
         self._fit_started = time.monotonic()
@@ -194,8 +200,8 @@ def load_network(ckpt_path: str | Path, device: str | torch.device = "cpu") -> t
         raise ValueError(f"{ckpt_path}: not a medseg checkpoint (no config/plan in hyper_parameters)")
     cfg = from_dict(hp["config"])
     plan = PreprocessingPlan(**hp["plan"])
-    net = build_network(cfg.model, in_channels(cfg, plan), plan.num_classes)
     state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    net, _ = network_for_state(cfg.model, in_channels(cfg, plan), plan.num_classes, state)
     net.load_state_dict(state)
     return net.to(device).eval(), cfg, plan
 
