@@ -149,8 +149,8 @@ class TrainerConfig:
     max_time_minutes: float = 0.0
     """Stop training after this wall time (0: no limit); the best checkpoint is kept."""
     val_every_n_epochs: int = 5
-    precision: Literal["32", "bf16-mixed", "16-mixed", "auto"] = "32"
-    """auto: bf16-mixed on a GPU with bf16 (else 16-mixed) and on a CPU with native bf16
+    precision: Literal["32", "bf16-mixed", "16-mixed", "auto"] = "auto"
+    """auto (default): bf16-mixed on a GPU with bf16 (else 16-mixed) and on a CPU with native bf16
     (AVX512-BF16 / AMX), else 32; the choice is logged and saved in run_manifest.json.
     bf16 on a CPU without native support is emulated and many times slower than fp32."""
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"

@@ -36,18 +36,24 @@ def in_channels(cfg: PipelineConfig, plan: PreprocessingPlan) -> int:
 
 
 def case_dice(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per foreground class Dice of one case and a validity mask (reference non-empty)."""
-    dice = torch.zeros(num_classes - 1, dtype=torch.float64)
-    valid = torch.zeros(num_classes - 1, dtype=torch.float64)
-    for c in range(1, num_classes):
-        p, r = pred == c, label == c
-        ref = int(r.sum())
-        if ref == 0:
-            continue
-        inter = int((p & r).sum())
-        dice[c - 1] = 2.0 * inter / (ref + int(p.sum()))
-        valid[c - 1] = 1.0
-    return dice, valid
+    """Per foreground class Dice of one case and a validity mask (reference non-empty).
+
+    Computed on the label's device without reading a value back to the host (one
+    transfer per validation epoch, not three per class and case); float64, or float32 on
+    Apple's MPS, which has no float64. ``pred`` must be on the label's device.
+    """
+    if pred.device != label.device:
+        raise ValueError(
+            f"case_dice: prediction on {pred.device} but label on {label.device}; compute both on one "
+            "device (predict_probabilities returns probabilities on its input image's device)"
+        )
+    dtype = torch.float32 if label.device.type == "mps" else torch.float64
+    ref = torch.stack([(label == c).sum() for c in range(1, num_classes)])
+    predicted = torch.stack([(pred == c).sum() for c in range(1, num_classes)])
+    inter = torch.stack([((pred == c) & (label == c)).sum() for c in range(1, num_classes)])
+    valid = (ref > 0).to(dtype)
+    dice = torch.where(ref > 0, 2.0 * inter.to(dtype) / (ref + predicted).clamp(min=1).to(dtype), 0.0)
+    return dice.to(dtype), valid
 
 
 class SegmentationModule(pl.LightningModule):
@@ -110,15 +116,16 @@ class SegmentationModule(pl.LightningModule):
         return loss
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sum.zero_()
-        self._val_count.zero_()
+        self._val_sum = torch.zeros_like(self._val_sum)
+        self._val_count = torch.zeros_like(self._val_count)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # image, label, probabilities, Dice and its sums all stay on the label's device
         probs = predict_probabilities(self.net, batch["image"], self.cfg)
         pred = probs.argmax(0)
         dice, valid = case_dice(pred, batch["label"], self.num_classes)
-        self._val_sum += dice * valid
-        self._val_count += valid
+        self._val_sum = self._val_sum.to(dice.device, dice.dtype) + dice * valid
+        self._val_count = self._val_count.to(valid.device, valid.dtype) + valid
 
     def on_validation_epoch_end(self) -> None:
         sums = self._val_sum.to(self.device, torch.float32)
