@@ -387,6 +387,9 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
     if not 0.0 <= cfg.inference.overlap < 1.0:
         raise ConfigError(f"inference.overlap: {cfg.inference.overlap} is not in [0, 1)")
     _positive("inference.sw_batch_size", cfg.inference.sw_batch_size)
+    from medseg.models.options import check_model_options  # torch-free; imports this module
+
+    check_model_options(m)  # what the chosen network would not honour, before any compute
     return cfg
 
 

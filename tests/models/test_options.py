@@ -6,7 +6,7 @@ import itertools
 import pytest
 import torch.nn as nn
 
-from medseg.config import ConfigError, ModelConfig
+from medseg.config import ConfigError, ModelConfig, from_dict
 from medseg.models.options import RESTRICTIONS, check_model_options
 from medseg.models.registry import build_network
 from medseg.registry_names import NETWORK_NAMES
@@ -108,3 +108,16 @@ def test_interp_mode_needs_interp():
     with pytest.raises(ConfigError, match=r"model\.interp_mode: 'nearest' only applies to model\.upsample: interp"):
         check_model_options(ModelConfig(interp_mode="nearest"))
     check_model_options(ModelConfig(interp_mode="nearest", upsample="nontrainable"))
+
+
+def test_pipeline_validation_rejects_before_any_compute():
+    """Config validation (before the fingerprint) already refuses what the network would ignore."""
+    import subprocess
+    import sys
+
+    with pytest.raises(ConfigError, match=r"model\.num_res_units: 2 is not supported by 'segresnet'"):
+        from_dict({"model": {"name": "segresnet", "num_res_units": 2}})
+    # and the check is torch-free: validating a config does not import torch
+    code = ("import sys; from medseg.config import from_dict; from_dict({'model': {'name': 'dynunet'}}); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
