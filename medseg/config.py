@@ -96,7 +96,7 @@ class ModelConfig:
     name: str = "unet"
     spatial_dims: Literal[2, 3] = 3
     channels: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
-    """Feature maps per resolution level (len = depth)."""
+    """Feature maps per resolution level (len = depth); segresnet: doubling widths only."""
     strides: list[int] | None = None
     """Down-sampling factor of each of the len(channels) - 1 steps between levels, 1 or 2
     (None: 2 everywhere); patch sizes must be multiples of their product. MONAI's UNet
@@ -105,11 +105,16 @@ class ModelConfig:
     full-resolution level. attention_unet and dynunet keep their first level at full
     resolution and down-sample by these strides after it; segresnet takes only the default."""
     num_res_units: int = 0
-    """Residual units per block (residual_unet: >= 1; unet: 0)."""
+    """Residual units per block: unet any (0: plain); residual_unet any (0 means 2); dynunet 0 or 1;
+    attention_unet and segresnet 0 only (see medseg.models.options)."""
     norm: Literal["instance", "batch"] = "instance"
     dropout: float = 0.0
-    upsample: Literal["deconv", "nontrainable", "pixelshuffle"] = "deconv"
-    """deconv: transposed conv; nontrainable: interpolation then conv; pixelshuffle."""
+    upsample: Literal["deconv", "interp", "pixelshuffle", "nontrainable"] = "deconv"
+    """Decoder up-sampling, every network: deconv (transposed convolution), interp
+    (interpolation then a convolution; ``nontrainable``, MONAI's name, is the same) or
+    pixelshuffle (sub-pixel convolution). See medseg.models.upsample."""
+    interp_mode: Literal["nearest", "linear"] = "linear"
+    """Interpolation of upsample: interp: nearest, or linear (bilinear in 2D, trilinear in 3D)."""
     deep_supervision: bool = False
 
 
@@ -148,8 +153,8 @@ class TrainerConfig:
     max_time_minutes: float = 0.0
     """Stop training after this wall time (0: no limit); the best checkpoint is kept."""
     val_every_n_epochs: int = 5
-    precision: Literal["32", "bf16-mixed", "16-mixed", "auto"] = "32"
-    """auto: bf16-mixed on a GPU with bf16 (else 16-mixed) and on a CPU with native bf16
+    precision: Literal["32", "bf16-mixed", "16-mixed", "auto"] = "auto"
+    """auto (default): bf16-mixed on a GPU with bf16 (else 16-mixed) and on a CPU with native bf16
     (AVX512-BF16 / AMX), else 32; the choice is logged and saved in run_manifest.json.
     bf16 on a CPU without native support is emulated and many times slower than fp32."""
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
@@ -444,6 +449,9 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
         raise ConfigError(f"inference.overlap: {cfg.inference.overlap} is not in [0, 1)")
     _positive("inference.sw_batch_size", cfg.inference.sw_batch_size)
     _validate_limited_labels(cfg)
+    from medseg.models.options import check_model_options  # torch-free; imports this module
+
+    check_model_options(m)  # what the chosen network would not honour, before any compute
     return cfg
 
 

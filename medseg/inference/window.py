@@ -42,15 +42,17 @@ def _window_probs(
     flips: list[tuple[int, ...]] = [()]
     if tta:
         flips = [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
-    total = torch.zeros(())
+    total: torch.Tensor | None = None
     for flip in flips:
         xi = torch.flip(x, flip) if flip else x
         logits = sliding_window_inference(
             xi, roi, inf.sw_batch_size, run, overlap=inf.overlap, mode=inf.blend, padding_mode="constant"
         )
         probs = F.softmax(torch.as_tensor(logits).float(), dim=1)
-        total = total + (torch.flip(probs, flip) if flip else probs)
-    return total / len(flips)
+        probs = torch.flip(probs, flip) if flip else probs
+        total = probs if total is None else total + probs
+    assert total is not None
+    return total / len(flips) if len(flips) > 1 else total
 
 
 @torch.no_grad()
@@ -59,13 +61,17 @@ def predict_probabilities(
 ) -> torch.Tensor:
     """Class probabilities (K, X, Y, Z) for a preprocessed image (C, X, Y, Z).
 
-    The image is moved to the network's device; probabilities are returned on the CPU.
+    The image is moved to the network's device for the windows; the probabilities are
+    returned on the image's own device: in validation, where Lightning has put image and
+    label on the GPU, they stay there for the comparison with the label; a prediction from
+    a CPU image gets them on the CPU, where they become a numpy array. (The 2D path moves
+    each batch of slices as it is done, so a CPU volume never lies whole on the GPU.)
     """
     device = next(net.parameters()).device
     roi = tuple(cfg.data.patch_size)
     if cfg.model.spatial_dims == 3:
         x = image[None].to(device)
-        return _window_probs(net, x, roi, cfg, tta)[0].cpu()
+        return _window_probs(net, x, roi, cfg, tta)[0].to(image.device)
     axis, slab = cfg.data.slice_axis, cfg.data.slab_slices
     vol = torch.movedim(image, 1 + axis, 1)  # (C, S, H, W)
     half = slab // 2
@@ -75,6 +81,6 @@ def predict_probabilities(
         stop = min(start + slice_batch, vol.shape[1])
         # (B, C*slab, H, W): slab neighbours of each slice become channels
         xs = torch.stack([padded[:, s : s + slab].reshape(-1, *vol.shape[2:]) for s in range(start, stop)])
-        outs.append(_window_probs(net, xs.to(device), roi, cfg, tta).cpu())
+        outs.append(_window_probs(net, xs.to(device), roi, cfg, tta).to(image.device))
     probs = torch.cat(outs, dim=0)  # (S, K, H, W)
     return torch.movedim(probs.permute(1, 0, 2, 3), 1, 1 + axis)

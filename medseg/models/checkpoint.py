@@ -15,7 +15,7 @@ import torch
 
 from medseg.config import PipelineConfig, from_dict
 from medseg.data.preprocess import PreprocessingPlan
-from medseg.models.registry import build_network
+from medseg.models.compat import network_for_state
 
 
 def in_channels(cfg: PipelineConfig, plan: PreprocessingPlan) -> int:
@@ -55,7 +55,7 @@ def load_network(ckpt_path: str | Path, device: str | torch.device = "cpu") -> t
         )
     cfg = from_dict(dict(hp["config"]))
     plan = PreprocessingPlan(**dict(hp["plan"]))
-    net = build_network(cfg.model, in_channels(cfg, plan), plan.num_classes)
     state = {k[len("net.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+    net, _ = network_for_state(cfg.model, in_channels(cfg, plan), plan.num_classes, state)  # (older layouts too)
     net.load_state_dict(state)
     return net.to(device).eval(), cfg, plan

@@ -3,19 +3,15 @@
 An explicit dict (no import-walking): the names are listed in medseg.registry_names so
 configs validate without importing torch; unknown names get a "did you mean" error.
 
-Upsampling support (``model.upsample``):
-
-* ``unet``, ``residual_unet`` (MONAI ``UNet``): transposed convolution only. MONAI's UNet
-  hard-codes ``Convolution(is_transposed=True)`` in its up path, so ``nontrainable`` and
-  ``pixelshuffle`` are rejected with an error rather than silently ignored.
-* ``attention_unet`` (MONAI ``AttentionUnet``): transposed convolution only, same reason.
-* ``dynunet`` (MONAI ``DynUNet``, nnU-Net's architecture): transposed convolution only;
-  the only network here with deep supervision.
-* ``segresnet`` (MONAI ``SegResNet``): ``deconv``, ``nontrainable`` (interpolation then
-  1x1 conv) and ``pixelshuffle``.
-
-``model.strides`` (the down-sampling between levels) is passed to every network but
-``segresnet``, which halves the resolution at every level and rejects anything else.
+Every network takes every ``model.upsample`` (deconv | interp | pixelshuffle) with
+``model.interp_mode`` (nearest | linear), in 2D and 3D: MONAI's ``UNet`` (unet,
+residual_unet), ``AttentionUnet`` and ``DynUNet`` are built with their transposed
+convolutions, which :func:`medseg.models.upsample.apply_upsample` then replaces;
+``SegResNet`` has the modes natively. ``attention_unet`` gets ``model.norm`` through
+:func:`medseg.models.norm.apply_norm` (MONAI hard-codes batch norm there). What each
+network does not honour (deep supervision: dynunet only; ``model.strides``: not
+segresnet; ``model.num_res_units``: see :mod:`medseg.models.options`) is rejected by
+:func:`medseg.models.options.check_model_options` before anything is built.
 """
 
 from __future__ import annotations
@@ -26,6 +22,9 @@ from collections.abc import Callable
 import torch.nn as nn
 
 from medseg.config import ConfigError, ModelConfig, network_strides, suggest
+from medseg.models.norm import apply_norm
+from medseg.models.options import check_model_options
+from medseg.models.upsample import apply_upsample, set_interp_mode, upsample_mode
 from medseg.registry_names import NETWORK_NAMES
 
 Factory = Callable[[ModelConfig, int, int], nn.Module]
@@ -35,36 +34,10 @@ def _norm(cfg: ModelConfig) -> tuple[str, dict[str, bool]] | str:
     return ("instance", {"affine": True}) if cfg.norm == "instance" else "batch"
 
 
-def _only_deconv(cfg: ModelConfig) -> None:
-    if cfg.upsample != "deconv":
-        raise ConfigError(
-            f"model.upsample: {cfg.upsample!r} is not supported by {cfg.name!r} (MONAI hard-codes "
-            "transposed convolutions there); use upsample: deconv, or model.name: segresnet"
-        )
-
-
-def _no_deep_supervision(cfg: ModelConfig) -> None:
-    if cfg.deep_supervision:
-        raise ConfigError(
-            f"model.deep_supervision: {cfg.name!r} has no deep supervision heads; "
-            "use model.name: dynunet or set deep_supervision: false"
-        )
-
-
-def _default_strides_only(cfg: ModelConfig) -> None:
-    if network_strides(cfg) != [2] * (len(cfg.channels) - 1):
-        raise ConfigError(
-            f"model.strides: {cfg.strides} is not supported by {cfg.name!r} (it halves the resolution at "
-            "every level); remove model.strides, or use unet, residual_unet, attention_unet or dynunet"
-        )
-
-
 def _unet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
     from monai.networks.nets import UNet
 
-    _only_deconv(cfg)
-    _no_deep_supervision(cfg)
-    return UNet(
+    net = UNet(
         spatial_dims=cfg.spatial_dims,
         in_channels=in_ch,
         out_channels=out_ch,
@@ -74,6 +47,7 @@ def _unet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
         norm=_norm(cfg),
         dropout=cfg.dropout,
     )
+    return apply_upsample(net, cfg)
 
 
 def _residual_unet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
@@ -81,12 +55,12 @@ def _residual_unet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
     return _unet(dataclasses.replace(cfg, num_res_units=cfg.num_res_units or 2), in_ch, out_ch)
 
 
-def _attention_unet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
+def monai_attention_unet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
+    """MONAI's AttentionUnet with its own norms (what medseg built before it honoured
+    ``model.norm``; see :mod:`medseg.models.compat`), up-sampling as configured."""
     from monai.networks.nets import AttentionUnet
 
-    _only_deconv(cfg)
-    _no_deep_supervision(cfg)
-    return AttentionUnet(
+    net = AttentionUnet(
         spatial_dims=cfg.spatial_dims,
         in_channels=in_ch,
         out_channels=out_ch,
@@ -94,16 +68,20 @@ def _attention_unet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
         strides=network_strides(cfg),
         dropout=cfg.dropout,
     )
+    return apply_upsample(net, cfg)
+
+
+def _attention_unet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
+    return apply_norm(monai_attention_unet(cfg, in_ch, out_ch), cfg)
 
 
 def _dynunet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
     from monai.networks.nets import DynUNet
 
-    _only_deconv(cfg)
     levels = len(cfg.channels)
     kernels = [[3] * cfg.spatial_dims] * levels
     strides = [[1] * cfg.spatial_dims] + [[s] * cfg.spatial_dims for s in network_strides(cfg)]
-    return DynUNet(
+    net = DynUNet(
         spatial_dims=cfg.spatial_dims,
         in_channels=in_ch,
         out_channels=out_ch,
@@ -117,15 +95,14 @@ def _dynunet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
         deep_supr_num=max(1, min(2, levels - 2)),
         res_block=cfg.num_res_units > 0,
     )
+    return apply_upsample(net, cfg)
 
 
 def _segresnet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
     from monai.networks.nets import SegResNet
 
-    _no_deep_supervision(cfg)
-    _default_strides_only(cfg)
-    mode = {"deconv": "deconv", "nontrainable": "nontrainable", "pixelshuffle": "pixelshuffle"}[cfg.upsample]
-    return SegResNet(
+    mode = {"deconv": "deconv", "interp": "nontrainable", "pixelshuffle": "pixelshuffle"}[upsample_mode(cfg)]
+    net = SegResNet(
         spatial_dims=cfg.spatial_dims,
         in_channels=in_ch,
         out_channels=out_ch,
@@ -136,6 +113,7 @@ def _segresnet(cfg: ModelConfig, in_ch: int, out_ch: int) -> nn.Module:
         dropout_prob=cfg.dropout or None,
         upsample_mode=mode,
     )
+    return set_interp_mode(net, cfg)
 
 
 NETWORKS: dict[str, Factory] = {
@@ -156,4 +134,5 @@ def build_network(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.M
             f"model.name: unknown network {cfg.name!r} (known: {', '.join(NETWORKS)})."
             + suggest(cfg.name, NETWORKS)
         )
+    check_model_options(cfg)
     return NETWORKS[cfg.name](cfg, in_channels, out_channels)

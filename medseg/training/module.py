@@ -24,6 +24,7 @@ from medseg.config import PipelineConfig, from_dict
 from medseg.data.preprocess import PreprocessingPlan
 from medseg.inference.window import predict_probabilities
 from medseg.models.checkpoint import in_channels
+from medseg.models.compat import check_resumable
 from medseg.models.registry import build_network
 from medseg.training import semi
 from medseg.training.layout import choose_memory_format
@@ -31,18 +32,24 @@ from medseg.training.losses import build_loss, deep_supervision_loss
 
 
 def case_dice(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per foreground class Dice of one case and a validity mask (reference non-empty)."""
-    dice = torch.zeros(num_classes - 1, dtype=torch.float64)
-    valid = torch.zeros(num_classes - 1, dtype=torch.float64)
-    for c in range(1, num_classes):
-        p, r = pred == c, label == c
-        ref = int(r.sum())
-        if ref == 0:
-            continue
-        inter = int((p & r).sum())
-        dice[c - 1] = 2.0 * inter / (ref + int(p.sum()))
-        valid[c - 1] = 1.0
-    return dice, valid
+    """Per foreground class Dice of one case and a validity mask (reference non-empty).
+
+    Computed on the label's device without reading a value back to the host (one
+    transfer per validation epoch, not three per class and case); float64, or float32 on
+    Apple's MPS, which has no float64. ``pred`` must be on the label's device.
+    """
+    if pred.device != label.device:
+        raise ValueError(
+            f"case_dice: prediction on {pred.device} but label on {label.device}; compute both on one "
+            "device (predict_probabilities returns probabilities on its input image's device)"
+        )
+    dtype = torch.float32 if label.device.type == "mps" else torch.float64
+    ref = torch.stack([(label == c).sum() for c in range(1, num_classes)])
+    predicted = torch.stack([(pred == c).sum() for c in range(1, num_classes)])
+    inter = torch.stack([((pred == c) & (label == c)).sum() for c in range(1, num_classes)])
+    valid = (ref > 0).to(dtype)
+    dice = torch.where(ref > 0, 2.0 * inter.to(dtype) / (ref + predicted).clamp(min=1).to(dtype), 0.0)
+    return dice.to(dtype), valid
 
 
 class NetworkModule(pl.LightningModule):
@@ -51,6 +58,8 @@ class NetworkModule(pl.LightningModule):
     Subclasses set ``self.net`` (and may add modules) and define the steps."""
 
     net: torch.nn.Module
+    out_channels: int
+    """The network's output channels (classes, or image channels for pretraining)."""
 
     def __init__(self, config: dict[str, Any], plan: dict[str, Any]) -> None:
         super().__init__()
@@ -89,6 +98,11 @@ class NetworkModule(pl.LightningModule):
     def in_layout(self, x: torch.Tensor) -> torch.Tensor:
         """A batch in the memory layout chosen for the weights."""
         return x.contiguous(memory_format=self._memory_format) if self._memory_format is not None else x
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # --resume: refuse a checkpoint whose network is laid out as an older medseg built it
+        state = {k[len("net.") :]: v for k, v in checkpoint.get("state_dict", {}).items() if k.startswith("net.")}
+        check_resumable(self.cfg.model, in_channels(self.cfg, self.plan), self.out_channels, state, "--resume")
 
     def on_fit_start(self) -> None:
         self._fit_started = time.monotonic()
@@ -130,7 +144,7 @@ class SegmentationModule(NetworkModule):
 
     def __init__(self, config: dict[str, Any], plan: dict[str, Any]) -> None:
         super().__init__(config, plan)
-        self.num_classes = self.plan.num_classes
+        self.num_classes = self.out_channels = self.plan.num_classes
         self.net = build_network(self.cfg.model, in_channels(self.cfg, self.plan), self.num_classes)
         self.loss = build_loss(self.cfg.loss, self.num_classes)
         self.structure_names = [n for n, v in sorted(self.plan.labels.items(), key=lambda kv: kv[1]) if v != 0]
@@ -184,15 +198,16 @@ class SegmentationModule(NetworkModule):
             semi.update_teacher(self.teacher, self.net, self.cfg.semi_supervised.teacher_decay)
 
     def on_validation_epoch_start(self) -> None:
-        self._val_sum.zero_()
-        self._val_count.zero_()
+        self._val_sum = torch.zeros_like(self._val_sum)
+        self._val_count = torch.zeros_like(self._val_count)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        # image, label, probabilities, Dice and its sums all stay on the label's device
         probs = predict_probabilities(self.net, batch["image"], self.cfg)
         pred = probs.argmax(0)
         dice, valid = case_dice(pred, batch["label"], self.num_classes)
-        self._val_sum += dice * valid
-        self._val_count += valid
+        self._val_sum = self._val_sum.to(dice.device, dice.dtype) + dice * valid
+        self._val_count = self._val_count.to(valid.device, valid.dtype) + valid
 
     def on_validation_epoch_end(self) -> None:
         sums = self._val_sum.to(self.device, torch.float32)

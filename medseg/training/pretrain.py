@@ -71,7 +71,7 @@ class PretrainModule(NetworkModule):
     def __init__(self, config: dict[str, Any], plan: dict[str, Any]) -> None:
         super().__init__(config, plan)
         self.hparams["task"] = "pretrain"  # init_from re-initialises the head of such a source
-        channels = in_channels(self.cfg, self.plan)
+        channels = self.out_channels = in_channels(self.cfg, self.plan)
         self.net = build_network(self.cfg.model, channels, channels)
 
     def _restore(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from medseg.inference.window import predict_probabilities
@@ -73,3 +74,27 @@ def test_tta_flips_only_the_axes_mirrored_in_training() -> None:
     assert not torch.allclose(predict_probabilities(net, image, cfg, tta=True), (plain + flipped) / 2, atol=1e-3)
     cfg.data.mirror_axes = []  # no mirroring in training: TTA is the plain prediction
     torch.testing.assert_close(predict_probabilities(net, image, cfg, tta=True), plain)
+
+
+def _whole_patch(xi, roi, sw_batch_size, run, **kwargs):  # type: ignore[no-untyped-def]
+    """Stand-in for MONAI's sliding window (which cannot run on the meta device): one forward."""
+    assert tuple(xi.shape[2:]) == tuple(roi)
+    return run(xi)
+
+
+@pytest.mark.parametrize("dims", [3, 2])
+def test_probabilities_stay_on_the_input_device(monkeypatch, dims) -> None:
+    """The 'meta' device stands in for a GPU: a hidden .cpu() (or any read-back) would fail there."""
+    from medseg.inference import window
+
+    monkeypatch.setattr(window, "sliding_window_inference", _whole_patch)
+    cfg = tiny_config()
+    if dims == 2:
+        cfg.model.spatial_dims, cfg.data.patch_size = 2, [16, 16]
+    net = ThresholdNet(0.5).to("meta").eval()
+    image = torch.rand(1, 16, 16, 16, device="meta")
+    probs = predict_probabilities(net, image, cfg, tta=True)
+    assert probs.device.type == "meta" and probs.shape == (2, 16, 16, 16)
+    # a CPU image comes back on the CPU (the predictor writes it as numpy), also for the 2D path
+    cpu = predict_probabilities(ThresholdNet(0.5).eval(), torch.rand(1, 16, 16, 16), cfg)
+    assert cpu.device.type == "cpu"

@@ -21,16 +21,6 @@ def test_every_network_maps_patch_to_class_logits(name, dims):
     assert y.shape == (1, 3, *([16] * dims))
 
 
-def test_upsample_modes():
-    x = torch.randn(1, 1, 16, 16, 16)
-    for mode in ("deconv", "nontrainable", "pixelshuffle"):
-        net = build_network(ModelConfig(name="segresnet", channels=[4, 8, 16], upsample=mode), 1, 2).eval()
-        with torch.no_grad():
-            assert net(x).shape == (1, 2, 16, 16, 16)
-    with pytest.raises(ConfigError, match=r"upsample: 'pixelshuffle' is not supported by 'unet'"):
-        build_network(ModelConfig(name="unet", upsample="pixelshuffle"), 1, 2)
-
-
 def test_residual_unet_has_residual_units_and_attention_differs():
     res = build_network(ModelConfig(name="residual_unet", channels=[4, 8]), 1, 2)
     plain = build_network(ModelConfig(name="unet", channels=[4, 8]), 1, 2)

@@ -1,7 +1,9 @@
+import pytest
 import torch
 
 from medseg.config import from_dict
 from medseg.data.preprocess import PreprocessingPlan
+from medseg.inference.window import predict_probabilities
 from medseg.training.module import (
     SegmentationModule,
     case_dice,
@@ -51,3 +53,43 @@ def test_time_budget_drives_the_schedule():
     assert abs(f(10) - 0.5**0.9) < 0.02  # poly at ~50 % although only 0.1 % of the steps ran
     module._fit_started = time.monotonic() - 120.0
     assert f(10) == 0.0
+
+
+def test_case_dice_stays_on_the_label_device_and_refuses_two_devices():
+    """'meta' stands in for a GPU: no value is read back to the host, the result is on the label's device."""
+    pred = torch.zeros(4, 4, 4, dtype=torch.long, device="meta")
+    dice, valid = case_dice(pred, torch.zeros_like(pred), 3)
+    assert dice.device.type == valid.device.type == "meta" and dice.shape == (2,)
+    with pytest.raises(ValueError, match=r"prediction on cpu but label on meta"):
+        case_dice(torch.zeros(4, 4, 4, dtype=torch.long), pred, 3)
+
+
+def test_validation_step_keeps_every_tensor_on_the_label_device(monkeypatch):
+    """The whole validation step on 'meta' (network, image, label): it must never need the CPU."""
+    from medseg.inference import window
+
+    monkeypatch.setattr(window, "sliding_window_inference", lambda xi, roi, sw, run, **kw: run(xi))
+    cfg, plan = tiny()
+    module = SegmentationModule(**module_hparams(cfg, plan)).eval()
+    module.net.to("meta")
+    batch = {"image": torch.rand(1, 16, 16, 16, device="meta"),
+             "label": torch.zeros(16, 16, 16, dtype=torch.long, device="meta")}
+    module.on_validation_epoch_start()
+    module.validation_step(batch, 0)
+    assert module._val_sum.device.type == module._val_count.device.type == "meta"
+
+
+def test_validation_sums_match_case_dice_on_cpu():
+    cfg, plan = tiny()
+    module = SegmentationModule(**module_hparams(cfg, plan)).eval()
+    label = torch.zeros(16, 16, 16, dtype=torch.long)
+    label[:8] = 1
+    batch = {"image": torch.rand(1, 16, 16, 16), "label": label}
+    module.on_validation_epoch_start()
+    with torch.no_grad():
+        module.validation_step(batch, 0)
+        module.validation_step(batch, 1)
+        pred = predict_probabilities(module.net, batch["image"], module.cfg).argmax(0)
+    dice, valid = case_dice(pred, label, 3)
+    torch.testing.assert_close(module._val_sum, 2 * dice * valid)
+    assert module._val_count.tolist() == [2.0, 0.0]

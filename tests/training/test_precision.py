@@ -60,3 +60,15 @@ def test_explicit_precision_is_kept_with_a_warning_when_emulated(
         assert P.resolve_precision("bf16-mixed", "cpu", cpu_bf16=True) == "bf16-mixed"
         assert P.resolve_precision("32", "cpu", cpu_bf16=False) == "32"
     assert caplog.text == ""
+
+
+def test_default_is_auto_mixed_on_gpu_fp32_on_plain_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg.config import PipelineConfig
+
+    default = PipelineConfig().trainer.precision
+    assert default == "auto"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert P.resolve_precision(default, "auto", cpu_bf16=False) == "bf16-mixed"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert P.resolve_precision(default, "auto", cpu_bf16=False) == "32"
