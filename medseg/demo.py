@@ -13,11 +13,19 @@ import argparse
 import json
 import sys
 import time
+from importlib.resources import files
 from pathlib import Path
 
 from medseg.cli import main as medseg
 
 DEMO_MIN_DICE = 0.80
+
+
+def default_pipeline() -> Path:
+    """``pipelines/demo.yaml`` as installed with the package (``medseg/pipelines`` is a link to the
+    repository's ``pipelines/`` folder, copied into wheels), so the demo runs from any working
+    directory and from a non-editable install."""
+    return Path(str(files("medseg") / "pipelines" / "demo.yaml"))
 
 
 def _step(title: str) -> float:
@@ -88,7 +96,7 @@ def _print_summary(summary_path: Path, report: Path, seconds: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m medseg.demo", description=__doc__)
     p.add_argument("--output", default="demo_output", help="folder for data, run, predictions and report")
-    p.add_argument("--pipeline", default=str(Path(__file__).resolve().parents[1] / "pipelines" / "demo.yaml"))
+    p.add_argument("--pipeline", default=str(default_pipeline()))
     p.add_argument("--cases", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
