@@ -11,28 +11,23 @@ pipeline is reported in well under a second.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
-import re
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_origin
+from typing import Any, Literal
 
 import yaml
 
-from medseg.registry_names import AUGMENTATION_PRESETS, LOSS_NAMES, NETWORK_NAMES
+from medseg.config_checks import validate
+from medseg.config_parse import build, set_dotted
+from medseg.lookup import ConfigError, suggest
 
-
-class ConfigError(ValueError):
-    """A pipeline configuration is invalid; the message names the key and the fix."""
-
-
-def suggest(name: str, choices: typing.Iterable[str]) -> str:
-    """Return ' Did you mean 'x'?' for the closest choice, or '' when none is close."""
-    close = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=0.5)
-    return f" Did you mean '{close[0]}'?" if close else ""
+__all__ = [
+    "ConfigError", "DataConfig", "InferenceConfig", "LossConfig", "ModelConfig", "OptimConfig", "PipelineConfig",
+    "PretrainConfig", "SemiSupervisedConfig", "TrainerConfig", "dump", "from_dict", "load", "network_divisor",
+    "network_strides", "patch_mirror_axes", "set_dotted", "suggest", "validate",
+]
 
 
 @dataclass
@@ -254,228 +249,6 @@ class PipelineConfig:
         return dataclasses.asdict(self)
 
 
-# --------------------------------------------------------------------------- parsing
-
-
-def _type_name(tp: Any) -> str:
-    origin = get_origin(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(get_args(tp)[0])}"
-    if origin is dict:
-        return f"a mapping of str to {_type_name(get_args(tp)[1])}"
-    if tp is type(None):
-        return "null"
-    return {int: "an integer", float: "a number", bool: "true/false", str: "a string"}.get(
-        tp, getattr(tp, "__name__", str(tp))
-    )
-
-
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
-"""A decimal number in scientific or plain notation (what float fields accept as text)."""
-
-
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp``; return it (ints widened to float)."""
-    origin = get_origin(tp)
-    bad = ConfigError(f"{key}: got {value!r}, expected {_type_name(tp)}")
-    if dataclasses.is_dataclass(tp):
-        if not isinstance(value, dict):
-            raise bad
-        return _build(tp, value, key + ".")
-    if origin is Literal:
-        choices = get_args(tp)
-        # YAML may give 32 for "32": compare as strings when the choices are strings.
-        for choice in choices:
-            if value == choice or (isinstance(choice, str) and str(value) == choice):
-                return choice
-        raise ConfigError(
-            f"{key}: {value!r} is not one of {list(choices)}." + suggest(str(value), map(str, choices))
-        )
-    if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, key)
-            except ConfigError:
-                pass
-        raise bad
-    if origin is list:
-        if not isinstance(value, list | tuple):
-            raise bad
-        return [_coerce(v, get_args(tp)[0], f"{key}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise bad
-        return {str(k): _coerce(v, get_args(tp)[1], f"{key}.{k}") for k, v in value.items()}
-    if tp is bool:
-        if not isinstance(value, bool):
-            raise bad
-        return value
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise bad
-        return value
-    if tp is float:
-        if isinstance(value, str) and _NUMBER.fullmatch(value.strip()):
-            # PyYAML reads YAML 1.1, where 3e-5 (no decimal point) is a string, not a float.
-            return float(value)
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise bad
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    raise bad  # pragma: no cover - all annotations above are handled
-
-
-def _build(cls: Any, values: dict[str, Any], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
-        if key not in names:
-            raise ConfigError(
-                f"{prefix}{key}: unknown key (valid keys here: {', '.join(names)})."
-                + suggest(key, names)
-            )
-        kwargs[key] = _coerce(value, hints[key], prefix + key)
-    return cls(**kwargs)
-
-
-def _positive(key: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        expected = ">= 0" if allow_zero else "> 0"
-        raise ConfigError(f"{key}: {value} is impossible, expected a value {expected}")
-
-
-def validate(cfg: PipelineConfig) -> PipelineConfig:
-    """Cross-field and range checks; raises ConfigError naming the key and the fix."""
-    d, m, t = cfg.data, cfg.model, cfg.trainer
-    if m.name not in NETWORK_NAMES:
-        raise ConfigError(
-            f"model.name: unknown network {m.name!r} (known: {', '.join(NETWORK_NAMES)})."
-            + suggest(m.name, NETWORK_NAMES)
-        )
-    if d.augmentation not in AUGMENTATION_PRESETS:
-        raise ConfigError(
-            f"data.augmentation: unknown preset {d.augmentation!r} "
-            f"(known: {', '.join(AUGMENTATION_PRESETS)})." + suggest(d.augmentation, AUGMENTATION_PRESETS)
-        )
-    if cfg.loss.name not in LOSS_NAMES:
-        raise ConfigError(
-            f"loss.name: unknown loss {cfg.loss.name!r} (known: {', '.join(LOSS_NAMES)})."
-            + suggest(cfg.loss.name, LOSS_NAMES)
-        )
-    for key, value in d.augmentation_probabilities.items():
-        if not 0.0 <= value <= 1.0:
-            raise ConfigError(f"data.augmentation_probabilities.{key}: {value} is not in [0, 1]")
-    _positive("trainer.max_epochs", t.max_epochs)
-    _positive("trainer.steps_per_epoch", t.steps_per_epoch)
-    _positive("trainer.val_every_n_epochs", t.val_every_n_epochs)
-    _positive("trainer.max_time_minutes", t.max_time_minutes, allow_zero=True)
-    _positive("trainer.devices", t.devices)
-    _positive("trainer.early_stopping_patience", t.early_stopping_patience, allow_zero=True)
-    _positive("trainer.progress_interval_seconds", t.progress_interval_seconds)
-    from medseg.training.loggers import check_logger_names  # light; imports ConfigError from here
-
-    check_logger_names(t.loggers)
-    _positive("data.batch_size", d.batch_size)
-    _positive("optim.lr", cfg.optim.lr)
-    _positive("optim.grad_clip", cfg.optim.grad_clip, allow_zero=True)
-    if not 0.0 <= cfg.optim.ema_decay < 1.0:
-        raise ConfigError(
-            f"optim.ema_decay: {cfg.optim.ema_decay} is not in [0, 1); use 0 for no weight averaging "
-            "or e.g. 0.999 to average over ~1000 steps"
-        )
-    if not 0.0 <= d.foreground_ratio <= 1.0:
-        raise ConfigError(f"data.foreground_ratio: {d.foreground_ratio} is not in [0, 1]")
-    if not 0.0 <= d.val_fraction < 1.0:
-        raise ConfigError(f"data.val_fraction: {d.val_fraction} is not in [0, 1)")
-    if d.folds == 1 or d.folds < 0:
-        raise ConfigError(f"data.folds: {d.folds} is impossible, expected 0 (single split) or >= 2")
-    if d.folds and not 0 <= d.fold < d.folds:
-        raise ConfigError(f"data.fold: {d.fold} is not in [0, {d.folds - 1}] for data.folds={d.folds}")
-    if d.target_spacing is not None and (len(d.target_spacing) != 3 or min(d.target_spacing) <= 0):
-        raise ConfigError(f"data.target_spacing: {d.target_spacing} must be 3 positive spacings in mm (X, Y, Z)")
-    if d.ct_clip is not None and (len(d.ct_clip) != 2 or d.ct_clip[0] >= d.ct_clip[1]):
-        raise ConfigError(f"data.ct_clip: {d.ct_clip} must be [low, high] with low < high")
-    if d.slice_axis not in (0, 1, 2):
-        raise ConfigError(f"data.slice_axis: {d.slice_axis} must be 0, 1 or 2")
-    if d.mirror_axes is not None and (
-        any(a not in (0, 1, 2) for a in d.mirror_axes) or len(set(d.mirror_axes)) != len(d.mirror_axes)
-    ):
-        raise ConfigError(
-            f"data.mirror_axes: {d.mirror_axes} must list distinct canonical axes among 0 (X), 1 (Y), 2 (Z); "
-            "e.g. [0] for left-right only, [] for no mirroring, or null for all axes"
-        )
-    if d.slab_slices < 1 or d.slab_slices % 2 == 0:
-        raise ConfigError(f"data.slab_slices: {d.slab_slices} must be an odd number >= 1")
-    if len(d.patch_size) != m.spatial_dims:
-        raise ConfigError(
-            f"data.patch_size: {d.patch_size} has {len(d.patch_size)} values but "
-            f"model.spatial_dims is {m.spatial_dims}; give {m.spatial_dims} sizes in voxels"
-        )
-    if len(m.channels) < 2 or min(m.channels) < 1:
-        raise ConfigError(f"model.channels: {m.channels} must list >= 2 positive widths")
-    if m.strides is not None and (len(m.strides) != len(m.channels) - 1 or any(v not in (1, 2) for v in m.strides)):
-        raise ConfigError(
-            f"model.strides: {m.strides} must give len(model.channels) - 1 = {len(m.channels) - 1} factors, "
-            f"each 1 or 2 (e.g. {[1] + [2] * (len(m.channels) - 2)} for a full-resolution first level), or null"
-        )
-    factor = network_divisor(m)
-    for size in d.patch_size:
-        if size < factor or size % factor:
-            raise ConfigError(
-                f"data.patch_size: {d.patch_size} is not allowed for a {len(m.channels)}-level "
-                f"network: each size must be a positive multiple of {factor} "
-                f"(the product of the strides); e.g. {[max(factor, round(s / factor) * factor) for s in d.patch_size]}"
-            )
-        if size > 512:
-            raise ConfigError(f"data.patch_size: {size} > 512 voxels is larger than allowed")
-    if not 0.0 <= m.dropout < 1.0:
-        raise ConfigError(f"model.dropout: {m.dropout} is not in [0, 1)")
-    if m.num_res_units < 0:
-        raise ConfigError(f"model.num_res_units: {m.num_res_units} must be >= 0")
-    if not 0.0 <= cfg.inference.overlap < 1.0:
-        raise ConfigError(f"inference.overlap: {cfg.inference.overlap} is not in [0, 1)")
-    _positive("inference.sw_batch_size", cfg.inference.sw_batch_size)
-    _validate_limited_labels(cfg)
-    from medseg.models.options import check_model_options  # torch-free; imports this module
-
-    check_model_options(m)  # what the chosen network would not honour, before any compute
-    return cfg
-
-
-def _validate_limited_labels(cfg: PipelineConfig) -> None:
-    s, p = cfg.semi_supervised, cfg.pretrain
-    if cfg.data.labelled_cases is not None and cfg.data.labelled_cases < 1:
-        raise ConfigError(
-            f"data.labelled_cases: {cfg.data.labelled_cases} is impossible, expected >= 1 labelled case "
-            "(or null to use every label)"
-        )
-    _positive("semi_supervised.consistency_weight", s.consistency_weight, allow_zero=True)
-    _positive("semi_supervised.rampup_epochs", s.rampup_epochs, allow_zero=True)
-    _positive("semi_supervised.noise_std", s.noise_std, allow_zero=True)
-    _positive("semi_supervised.unlabelled_batch_size", s.unlabelled_batch_size, allow_zero=True)
-    if not 0.0 <= s.teacher_decay < 1.0:
-        raise ConfigError(f"semi_supervised.teacher_decay: {s.teacher_decay} is not in [0, 1); e.g. 0.99")
-    if not 0.0 < p.mask_ratio < 1.0:
-        raise ConfigError(f"pretrain.mask_ratio: {p.mask_ratio} is not in (0, 1); e.g. 0.6 masks 60 % of the blocks")
-    if p.mask_block < 1 or any(p.mask_block > size for size in cfg.data.patch_size):
-        raise ConfigError(
-            f"pretrain.mask_block: {p.mask_block} voxels must be >= 1 and fit in data.patch_size {cfg.data.patch_size}"
-        )
-
-
 def network_strides(m: ModelConfig) -> list[int]:
     """The strides between the network's levels (``model.strides``, default 2 everywhere)."""
     return list(m.strides) if m.strides is not None else [2] * (len(m.channels) - 1)
@@ -500,29 +273,13 @@ def patch_mirror_axes(cfg: PipelineConfig) -> tuple[int, ...]:
     return tuple(in_plane.index(a) for a in axes if a != d.slice_axis)
 
 
-def set_dotted(values: dict[str, Any], assignment: str) -> None:
-    """Apply one ``--set key.sub=value`` override (value parsed as YAML) to a raw dict."""
-    if "=" not in assignment:
-        raise ConfigError(f"--set {assignment!r}: expected key=value, e.g. trainer.max_epochs=3")
-    dotted, raw = assignment.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
-    node = values
-    parts = dotted.strip().split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise ConfigError(f"--set {assignment!r}: {part} is not a section")
-        node = child
-    node[parts[-1]] = value
-
-
 def from_dict(values: dict[str, Any], overrides: typing.Sequence[str] = ()) -> PipelineConfig:
     """Build and validate a config from a raw mapping plus ``key=value`` overrides."""
     values = dict(values or {})
     values = {k: (dict(v) if isinstance(v, dict) else v) for k, v in values.items()}
     for assignment in overrides:
         set_dotted(values, assignment)
-    return validate(_build(PipelineConfig, values))
+    return validate(build(PipelineConfig, values))
 
 
 def load(path: str | Path, overrides: typing.Sequence[str] = ()) -> PipelineConfig:

@@ -48,12 +48,24 @@ def test_impossible_values():
 
 
 def test_unknown_network_and_preset_suggest():
-    with pytest.raises(ConfigError, match=r"model\.name: unknown network 'unte'.*Did you mean 'unet'"):
+    with pytest.raises(ConfigError, match=r"model\.name: unknown 'unte' \(known: unet, .*Did you mean 'unet'"):
         from_dict({"model": {"name": "unte"}})
     with pytest.raises(ConfigError, match=r"Did you mean 'limited_data'"):
         from_dict({"data": {"augmentation": "limited-data"}})
     with pytest.raises(ConfigError, match=r"not one of \['deconv'.*Did you mean 'pixelshuffle'"):
         from_dict({"model": {"upsample": "pixel_shuffle"}})
+
+
+def test_catalogue_checks_run_before_any_compute():
+    """What used to fail only after preprocessing (augmentation transform names) or when the
+    loss was built (class weights for a loss without a weighted term) fails at load."""
+    with pytest.raises(ConfigError, match=r"augmentation_probabilities \(preset 'light'\): unknown 'gama'"):
+        from_dict({"data": {"augmentation_probabilities": {"gama": 0.5}}})
+    with pytest.raises(ConfigError, match=r"Did you mean 'gamma'"):
+        from_dict({"data": {"augmentation": "limited_data", "augmentation_probabilities": {"gama": 0.5}}})
+    assert from_dict({"data": {"augmentation": "limited_data", "augmentation_probabilities": {"gamma": 0.5}}})
+    with pytest.raises(ConfigError, match=r"loss.class_weights: 'dice' has no cross-entropy"):
+        from_dict({"loss": {"name": "dice", "class_weights": [1.0, 2.0]}})
 
 
 def test_overrides_parse_yaml_values():

@@ -25,9 +25,9 @@ from dataclasses import dataclass
 
 from monai import transforms as mt
 
+from medseg.catalogue import AUGMENTATION_PRESETS
 from medseg.config import ConfigError, suggest
 from medseg.data.spatial_augment import RandSpatialAugmentd
-from medseg.registry_names import AUGMENTATION_PRESETS
 
 KEYS = ("image", "label")
 
@@ -127,8 +127,8 @@ PRESETS: dict[str, list[Entry]] = {
         Entry("low_resolution", 0.15, _low_res),
     ],
 }
-if tuple(PRESETS) != AUGMENTATION_PRESETS:  # pragma: no cover - guards the names used by config validation
-    raise RuntimeError("medseg.registry_names.AUGMENTATION_PRESETS is out of date")
+if {k: tuple(e.name for e in v) for k, v in PRESETS.items()} != AUGMENTATION_PRESETS:  # pragma: no cover - guards config validation
+    raise RuntimeError("medseg.catalogue.AUGMENTATION_PRESETS is out of date")
 
 
 LABEL_MODES = {"linear": "label_linear", "nearest": "nearest"}

@@ -1,6 +1,6 @@
 """Network registry: name -> factory building a MONAI network from the model config.
 
-An explicit dict (no import-walking): the names are listed in medseg.registry_names so
+An explicit dict (no import-walking): the names are listed in medseg.catalogue so
 configs validate without importing torch; unknown names get a "did you mean" error.
 
 Every network takes every ``model.upsample`` (deconv | interp | pixelshuffle) with
@@ -21,11 +21,11 @@ from collections.abc import Callable
 
 import torch.nn as nn
 
+from medseg.catalogue import NETWORK_NAMES
 from medseg.config import ConfigError, ModelConfig, network_strides, suggest
 from medseg.models.norm import apply_norm
 from medseg.models.options import check_model_options
 from medseg.models.upsample import apply_upsample, set_interp_mode, upsample_mode
-from medseg.registry_names import NETWORK_NAMES
 
 Factory = Callable[[ModelConfig, int, int], nn.Module]
 
@@ -124,7 +124,7 @@ NETWORKS: dict[str, Factory] = {
     "segresnet": _segresnet,
 }
 if tuple(NETWORKS) != NETWORK_NAMES:  # pragma: no cover - guards the names used by config validation
-    raise RuntimeError("medseg.registry_names.NETWORK_NAMES is out of date")
+    raise RuntimeError("medseg.catalogue.NETWORK_NAMES is out of date")
 
 
 def build_network(cfg: ModelConfig, in_channels: int, out_channels: int) -> nn.Module:

@@ -13,18 +13,15 @@ from collections.abc import Callable
 import torch
 from monai.losses import DiceCELoss, DiceLoss, FocalLoss
 
-from medseg.config import ConfigError, LossConfig, suggest
-from medseg.registry_names import LOSS_NAMES
+from medseg.catalogue import LOSS_NAMES
+from medseg.config import ConfigError, LossConfig, PipelineConfig, suggest
+from medseg.config_checks import check_class_count
 
 
 def _weights(cfg: LossConfig, num_classes: int) -> torch.Tensor | None:
     if cfg.class_weights is None:
         return None
-    if len(cfg.class_weights) != num_classes:
-        raise ConfigError(
-            f"loss.class_weights: {cfg.class_weights} has {len(cfg.class_weights)} values; "
-            f"expected {num_classes} (one per class, background included)"
-        )
+    check_class_count(PipelineConfig(loss=cfg), num_classes)
     return torch.tensor(cfg.class_weights, dtype=torch.float32)
 
 
@@ -63,7 +60,7 @@ class DiceSoftmaxFocalLoss(torch.nn.Module):
 
 LOSSES: dict[str, Callable[[LossConfig, int], torch.nn.Module]] = {"dice": _dice, "dice_ce": _dice_ce, "dice_focal": DiceSoftmaxFocalLoss}
 if tuple(LOSSES) != LOSS_NAMES:  # pragma: no cover - guards the name list used by config validation
-    raise RuntimeError("medseg.registry_names.LOSS_NAMES is out of date")
+    raise RuntimeError("medseg.catalogue.LOSS_NAMES is out of date")
 
 
 def build_loss(cfg: LossConfig, num_classes: int) -> torch.nn.Module:

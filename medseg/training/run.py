@@ -21,6 +21,7 @@ from typing import Any
 import pytorch_lightning as pl
 
 from medseg.config import ConfigError, PipelineConfig, dump
+from medseg.config_checks import check_class_count
 from medseg.data.datamodule import SegmentationDataModule, load_or_make_split
 from medseg.data.fingerprint import make_plan
 from medseg.data.manifest import Case, Manifest, load_manifest
@@ -97,6 +98,7 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         raise ConfigError("data.manifest: no dataset given; set it in the pipeline or pass --data MANIFEST")
     run_dir = Path(run_dir)
     manifest = load_manifest(cfg.data.manifest)
+    check_class_count(cfg, len(manifest.labels))
     labelled_cases, _ = labelled_and_unlabelled(manifest)
     if not labelled_cases:
         raise ConfigError(

@@ -1,14 +1,14 @@
 import pytest
 import torch
 
+from medseg.catalogue import AUGMENTATION_PRESETS
 from medseg.config import ConfigError
 from medseg.data.augmentation import PRESETS, build_augmentation, preset_probabilities
 from medseg.data.spatial_augment import RandSpatialAugmentd
-from medseg.registry_names import AUGMENTATION_PRESETS
 
 
 def test_names_agree():
-    assert tuple(PRESETS) == AUGMENTATION_PRESETS
+    assert {k: tuple(e.name for e in v) for k, v in PRESETS.items()} == AUGMENTATION_PRESETS
 
 
 def test_limited_data_has_every_required_transform():

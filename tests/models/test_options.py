@@ -6,10 +6,10 @@ import itertools
 import pytest
 import torch.nn as nn
 
+from medseg.catalogue import NETWORK_NAMES
 from medseg.config import ConfigError, ModelConfig, from_dict
 from medseg.models.options import RESTRICTIONS, check_model_options
 from medseg.models.registry import build_network
-from medseg.registry_names import NETWORK_NAMES
 
 VALUES: dict[str, list] = {
     "spatial_dims": [3, 2],

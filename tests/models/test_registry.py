@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from medseg.catalogue import NETWORK_NAMES
 from medseg.config import ConfigError, ModelConfig
 from medseg.models.registry import NETWORKS, build_network
-from medseg.registry_names import NETWORK_NAMES
 
 
 def test_names_agree_with_lightweight_list():

@@ -5,10 +5,10 @@ import torch
 import torch.nn as nn
 from monai.networks.blocks import SubpixelUpsample
 
+from medseg.catalogue import NETWORK_NAMES
 from medseg.config import ModelConfig, from_dict
 from medseg.models.registry import build_network
 from medseg.models.upsample import apply_upsample
-from medseg.registry_names import NETWORK_NAMES
 
 TRANSPOSED = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 

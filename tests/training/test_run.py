@@ -276,3 +276,9 @@ def test_mean_teacher_with_a_label_budget_from_yaml(phantoms, tmp_path, capsys):
     assert weights[0] < weights[-1] == pytest.approx(1.0)  # ramped up over the first epoch
     state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]
     assert any(k.startswith("teacher.") for k in state)  # resumable with its teacher
+
+
+def test_class_weights_are_checked_against_the_manifest_before_any_compute(phantoms, tmp_path):
+    with pytest.raises(ConfigError, match=r"class_weights: \[1.0, 2.0\] has 2 values; expected 4"):
+        train(tiny_cfg(phantoms, "loss.class_weights=[1.0,2.0]"), tmp_path / "run")
+    assert not (tmp_path / "run" / "preprocessing.json").exists()
