@@ -5,7 +5,9 @@ For each case: skip it when ``resume`` is on and its outputs already exist and a
 input series); otherwise read, predict, write atomically, and verify the written header
 against the input's (a mismatch removes the output and fails the case). A case that fails
 for any reason (unreadable, truncated, empty, NaN, wrong dimensionality, wrong channel
-count…) is recorded with a one-line reason and the batch goes on.
+count…) is recorded with a one-line reason and the batch goes on. With ``--format both`` a
+case whose DICOM-SEG cannot be written still gets its NIfTI; it is logged failed with an
+error that starts "DICOM-SEG not written (NIfTI … written)".
 
 ``OUTPUT/predict_log.csv`` (case, status ok|failed|skipped, seconds, error) is rewritten
 atomically after every case, so an interrupted batch leaves a consistent log and no
@@ -148,10 +150,16 @@ def predict_case(
                 "source slices); use --format nifti for this case"
             )
         volume = read_case(case, len(predictor.channel_names))
+        seg_error = ""
         if fmt != "nifti":
             from medseg.inference.dicom_seg import load_sources
 
-            load_sources(volume.dicom_files)  # fail before predicting if no SEG can be written
+            try:
+                load_sources(volume.dicom_files)  # fail before predicting if no SEG can be written
+            except Exception as err:
+                if fmt == "dicom-seg":
+                    raise
+                seg_error = one_line(err)  # --format both: the NIfTI is still written
         labels = predictor.predict_volume(volume)
         reference = Volume(_shape_only(volume.spatial_shape), volume.affine, volume.header, volume.source,
                            volume.dicom_files)
@@ -160,7 +168,14 @@ def predict_case(
             if path.name.endswith(".dcm"):
                 from medseg.inference.dicom_seg import write_dicom_seg
 
-                write_dicom_seg(path, labels, reference, predictor.labels, version=_version())
+                try:
+                    if seg_error:
+                        raise ValueError(seg_error)
+                    write_dicom_seg(path, labels, reference, predictor.labels, version=_version())
+                except Exception as err:
+                    if fmt == "dicom-seg":
+                        raise
+                    seg_error = seg_error or one_line(err)
             else:
                 write_label(path, labels, reference)
                 try:
@@ -170,6 +185,9 @@ def predict_case(
                     raise
     except Exception as err:  # one bad case never stops the batch
         return CaseResult(case.name, "failed", round(time.perf_counter() - start, 3), one_line(err))
+    if seg_error:  # --format both: the NIfTI is written and verified, only the SEG failed
+        return CaseResult(case.name, "failed", round(time.perf_counter() - start, 3),
+                          f"DICOM-SEG not written (NIfTI {case.name}.nii.gz written): {seg_error}")
     return CaseResult(case.name, "ok", round(time.perf_counter() - start, 3))
 
 
