@@ -75,7 +75,8 @@ def write_label_statistics(run_dir: Path | str, label_paths: Sequence[Path | str
     return path
 
 
-def _candidates(model: Path) -> list[Path]:
+def find_files(model: Path) -> list[Path]:
+    """The label statistics file(s) of a run directory (or its folds), checkpoint or export folder."""
     if model.is_dir():
         found = [model / FILE_NAME] if (model / FILE_NAME).is_file() else sorted(model.glob(f"fold_*/{FILE_NAME}"))
         return found
@@ -111,7 +112,7 @@ def load_for_models(models: Sequence[Path | str]) -> tuple[dict[str, Any] | None
     found: list[dict[str, Any]] = []
     missing = []
     for model in models:
-        paths = _candidates(Path(model))
+        paths = find_files(Path(model))
         if not paths:
             missing.append(str(model))
         for path in paths:
