@@ -100,8 +100,51 @@ def overlay_rgba(labels: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray
     return lut[labels]
 
 
+PANEL_HEIGHT_PX = 300
+MAX_WIDTH_PX = 1140
+_GAP, _MARGIN, _TOP = 12, 10, 44
+
+
+def _resample(a: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Nearest-neighbour resize of a 2D array to ``shape`` (pixel centres)."""
+    rows = np.minimum((np.arange(shape[0]) + 0.5) * a.shape[0] / shape[0], a.shape[0] - 1).astype(int)
+    cols = np.minimum((np.arange(shape[1]) + 0.5) * a.shape[1] / shape[1], a.shape[1] - 1).astype(int)
+    return a[rows][:, cols]
+
+
+def compose(panel_list: list[Panel], alpha: float = OVERLAY_ALPHA) -> tuple[np.ndarray, list[tuple[int, int, int]]]:
+    """One RGB float canvas row of the panels at a common mm-per-pixel scale; each panel's (x0, width, height).
+
+    Grey image windowed to the 1st-99th percentile of the shown slices, labels blended with
+    ``alpha`` in the palette's colours.
+    """
+    scale = min(PANEL_HEIGHT_PX / max(p.extent_mm[1] for p in panel_list),
+                (MAX_WIDTH_PX - _GAP * (len(panel_list) - 1)) / sum(p.extent_mm[0] for p in panel_list))
+    sizes = [(max(1, round(p.extent_mm[1] * scale)), max(1, round(p.extent_mm[0] * scale))) for p in panel_list]
+    shown = [q.image.ravel() for q in panel_list if q.image is not None and q.image.size]
+    lo, hi = np.percentile(np.concatenate(shown), [1, 99]) if shown else (0.0, 1.0)
+    width = sum(w for _, w in sizes) + _GAP * (len(sizes) - 1)
+    canvas = np.zeros((max(h for h, _ in sizes), width, 3), dtype=np.float32)
+    boxes, x0 = [], 0
+    for p, (h, w) in zip(panel_list, sizes, strict=True):
+        grey = (np.zeros(p.labels.shape, np.float32) if p.image is None
+                else np.clip((p.image - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0))
+        rgb = np.repeat(grey[..., None], 3, axis=-1)
+        over = overlay_rgba(p.labels, alpha)
+        rgb = rgb * (1.0 - over[..., 3:]) + over[..., :3] * over[..., 3:]
+        canvas[:h, x0:x0 + w] = _resample(rgb, (h, w))
+        boxes.append((x0, w, h))
+        x0 += w + _GAP
+    return canvas, boxes
+
+
 def render(panel_list: list[Panel], label_map: Mapping[str, int], title: str = "") -> bytes:
-    """PNG bytes of the panels side by side with a legend of the structures present."""
+    """PNG bytes of the panels side by side with orientation letters and a legend of the structures shown.
+
+    The panels are composed as one pixel array (numpy) and placed with ``figimage``; matplotlib
+    only draws the text. ~0.1 s per case instead of ~0.5 s with three imshow axes (whose tick
+    and title layout dominated).
+    """
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -112,44 +155,43 @@ def render(panel_list: list[Panel], label_map: Mapping[str, int], title: str = "
     for p in panel_list:
         present.update(int(v) for v in np.unique(p.labels) if v)
     names = {int(v): k for k, v in label_map.items()}
+    panels_rgb, boxes = compose(panel_list)
     ncol = 6
     legend_rows = -(-len(present) // ncol) if present else 1
-    legend_in = 0.2 + 0.19 * legend_rows  # inches below the panels (whole-body models list 100+ names)
-    height = 4.1 + legend_in
-    fig = Figure(figsize=(12, height), dpi=80, facecolor="black")
+    legend_px = 16 + 15 * legend_rows  # whole-body models list 100+ names
+    dpi = 80
+    width_px = max(panels_rgb.shape[1] + 2 * _MARGIN, 480)
+    height_px = _TOP + panels_rgb.shape[0] + legend_px + 8
+    canvas = np.zeros((height_px, width_px, 3), dtype=np.float32)
+    left = (width_px - panels_rgb.shape[1]) // 2
+    canvas[_TOP:_TOP + panels_rgb.shape[0], left:left + panels_rgb.shape[1]] = panels_rgb
+    fig = Figure(figsize=(width_px / dpi, height_px / dpi), dpi=dpi, facecolor="black")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 3)
-    for ax, p in zip(axes, panel_list, strict=True):
-        w, h = p.extent_mm
-        extent = (0.0, w, 0.0, h)
-        if p.image is not None:
-            shown = np.concatenate([q.image.ravel() for q in panel_list if q.image is not None])
-            lo, hi = np.percentile(shown, [1, 99]) if shown.size else (0.0, 1.0)
-            ax.imshow(p.image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, extent=extent,
-                      interpolation="nearest")
-        else:
-            ax.imshow(np.zeros_like(p.labels, dtype=float), cmap="gray", extent=extent)
-        ax.imshow(overlay_rgba(p.labels), extent=extent, interpolation="nearest")
-        ax.set_title(p.title, color="white", fontsize=10)
-        ax.set_axis_off()
-        style = {"color": "yellow", "fontsize": 13, "fontweight": "bold", "transform": ax.transAxes}
-        left, right, top, bottom = p.letters
-        ax.text(0.02, 0.5, left, ha="left", va="center", **style)
-        ax.text(0.98, 0.5, right, ha="right", va="center", **style)
-        ax.text(0.5, 0.98, top, ha="center", va="top", **style)
-        ax.text(0.5, 0.02, bottom, ha="center", va="bottom", **style)
-    all_present = sorted(present)
-    handles = [Patch(color=label_rgb_float(i), label=names.get(i, f"label {i}")) for i in all_present]
+    fig.figimage(canvas, 0, 0, origin="upper", resize=False)
+
+    def text(x_px: float, y_px: float, s: str, **kw: object) -> None:  # y from the top, in pixels
+        fig.text(x_px / width_px, 1 - y_px / height_px, s, **kw)  # type: ignore[arg-type]
+
+    style = {"color": "yellow", "fontsize": 13, "fontweight": "bold"}
+    for p, (x0, w, h) in zip(panel_list, boxes, strict=True):
+        x0 += left
+        text(x0 + w / 2, _TOP - 4, p.title, color="white", fontsize=10, ha="center", va="bottom")
+        l_, r_, t_, b_ = p.letters
+        text(x0 + 3, _TOP + h / 2, l_, ha="left", va="center", **style)
+        text(x0 + w - 3, _TOP + h / 2, r_, ha="right", va="center", **style)
+        text(x0 + w / 2, _TOP + 2, t_, ha="center", va="top", **style)
+        text(x0 + w / 2, _TOP + h - 2, b_, ha="center", va="bottom", **style)
+    if title:
+        text(width_px / 2, 4, title, color="white", fontsize=11, ha="center", va="top")
+    handles = [Patch(color=label_rgb_float(i), label=names.get(i, f"label {i}")) for i in sorted(present)]
     if handles:
         fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), ncol), fontsize=9, frameon=False,
                    labelcolor="white", handlelength=1.2, columnspacing=1.0, borderaxespad=0.2)
     else:
-        fig.text(0.5, 0.04, "no structure predicted", ha="center", color="white", fontsize=10)
-    if title:
-        fig.suptitle(title, color="white", fontsize=11)
-    fig.subplots_adjust(left=0.01, right=0.99, top=1 - 0.55 / height, bottom=legend_in / height, wspace=0.04)
+        text(width_px / 2, height_px - 6, "no structure predicted", ha="center", va="bottom", color="white",
+             fontsize=10)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", facecolor=fig.get_facecolor())
+    fig.savefig(buf, format="png", facecolor=fig.get_facecolor(), dpi=dpi)
     return buf.getvalue()
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from matplotlib.image import imread
 
-from medseg.inference.preview import panels, write_preview
+from medseg.inference.preview import compose, panels, write_preview
 from medseg.palette import label_rgb_float
 
 LABELS = {"background": 0, "organ": 1, "other": 2}
@@ -67,3 +68,13 @@ def test_png_shows_the_palette_colour_on_the_patients_right(tmp_path: Path) -> N
     axial_hits = cols[cols < rgb.shape[1] / 3]
     assert axial_hits.size and axial_hits.max() < rgb.shape[1] / 6
     assert not list(tmp_path.glob("previews/.*"))  # no temporary file left
+
+
+def test_panels_keep_their_physical_aspect_ratio() -> None:
+    labels, image, _ = _ras_case()
+    affine = np.diag([0.5, 1.0, 4.0, 1.0])  # 10 x 16 x 48 mm
+    canvas, boxes = compose(panels(labels, image, affine))
+    (_, w_ax, h_ax), (_, w_co, h_co), (_, w_sa, h_sa) = boxes
+    assert w_ax / h_ax == pytest.approx(10 / 16, rel=0.02)
+    assert w_co / h_co == pytest.approx(10 / 48, rel=0.02) and w_sa / h_sa == pytest.approx(16 / 48, rel=0.02)
+    assert canvas.shape[0] == max(h_ax, h_co, h_sa) and canvas.min() >= 0.0 and canvas.max() <= 1.0
