@@ -116,3 +116,20 @@ def test_dicom_statistics_are_in_hounsfield_units(tmp_path: Path) -> None:
     assert int(row["voxels"]) == 4 * 3 * 2
     assert (float(row["min"]), float(row["max"])) == (76.0, 100.0)
     assert float(row["mean"]) == pytest.approx((23 * 76 + 100) / 24)
+
+
+@pytest.mark.slow  # spawns two worker processes (~1 min on 2 busy cores)
+def test_worker_processes_write_the_same_statistics(tmp_path: Path, checkpoint: Path) -> None:
+    from medseg.cli import main
+
+    rng = np.random.default_rng(1)
+    for name in ("a", "b", "c"):
+        save_nifti(tmp_path / "in" / f"{name}.nii.gz", rng.normal(size=(20, 18, 16)).astype(np.float32),
+                   np.diag([1.5, 1.5, 1.5, 1.0]))
+    base = ["predict", "--model", str(checkpoint), "--input", str(tmp_path / "in"), "--quiet", "--statistics",
+            "--preview"]
+    assert main([*base, "--output", str(tmp_path / "serial")]) == 0
+    assert main([*base, "--output", str(tmp_path / "parallel"), "--workers", "2"]) == 0
+    for name in ("statistics.csv", "qa.csv"):
+        assert (tmp_path / "parallel" / name).read_text() == (tmp_path / "serial" / name).read_text(), name
+    assert sorted(p.name for p in (tmp_path / "parallel" / "previews").iterdir()) == ["a.png", "b.png", "c.png"]
