@@ -4,7 +4,8 @@
 
 * ``missing_structure``: a structure that every training label map contains is empty;
 * ``volume_out_of_range``: a structure's volume is outside [min, max] of the training label
-  volumes widened by ``volume_margin`` (default 0.1: 10 % below the minimum / above the maximum);
+  volumes widened by ``volume_margin`` (default 0.1: 10 % below the minimum / above the maximum),
+  or predicted although no training label map had it;
 * ``extra_components``: more connected components (6-neighbourhood) than any training label had;
 * ``touches_edge``: the structure reaches a face of the field of view (it may be cut off); the
   detail names the faces with anatomical letters (R/L, A/P, S/I from the affine);
@@ -92,7 +93,9 @@ def case_flags(
         if ref:
             if voxels == 0 and float(ref.get("fraction_present", 0.0)) >= 1.0:
                 flag("missing_structure", name, f"empty; present in all {ref.get('cases', '?')} training label maps")
-            if voxels:
+            if voxels and not int(ref.get("cases", 1)):
+                flag("volume_out_of_range", name, f"{row['volume_ml']} mL; never present in the training labels")
+            elif voxels:
                 vol, lo, hi = float(str(row["volume_ml"])), float(ref["volume_ml_min"]), float(ref["volume_ml_max"])
                 margin = opts["volume_margin"]
                 if vol < lo * (1 - margin) or vol > hi * (1 + margin):

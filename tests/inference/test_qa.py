@@ -68,6 +68,18 @@ def test_planted_anomalies_are_flagged() -> None:
     assert "S (z=39)" in flags[1]["detail"]
 
 
+def test_a_structure_never_seen_in_training_is_flagged_once() -> None:
+    training = {**TRAINING, "structures": {**TRAINING["structures"], "lesion": {
+        "label": 2, "cases": 0, "fraction_present": 0.0, "volume_ml_min": 0.0, "volume_ml_max": 0.0,
+        "components_max": 0}}}
+    labels = _clean()
+    labels[30, 30, 30] = 2
+    rows = case_statistics("c", labels, None, AFFINE, MAP)
+    flags = case_flags("c", rows, labels, AFFINE, training)
+    assert [(f["flag"], f["structure"]) for f in flags] == [("volume_out_of_range", "lesion")]
+    assert "never present in the training labels" in flags[0]["detail"]
+
+
 def test_input_geometry_far_from_training() -> None:
     coarse = np.diag([5.0, 1.0, 1.0, 1.0])  # 5 mm along R: > 2 x 1.2 mm
     labels = _clean()
