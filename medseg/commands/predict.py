@@ -58,6 +58,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("auto", "test", "training", "all"), default="auto",
                    help="manifest input: which cases (auto: test cases, else training cases)")
     p.add_argument("--no-postprocess", action="store_true", help="skip the configured post-processing")
+    p.add_argument("--statistics", action="store_true",
+                   help="OUTPUT/statistics.csv: volume, intensity (input units, e.g. HU), components and RAS "
+                   "centroid per case and structure; also OUTPUT/qa.csv (QA flags)")
+    p.add_argument("--preview", action="store_true",
+                   help="OUTPUT/previews/<case>.png (three slices with the label overlay) and OUTPUT/index.html "
+                   "(the batch on one page: previews, status, QA flags); also OUTPUT/qa.csv")
     p.set_defaults(func=run)
 
 
@@ -85,7 +91,13 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"medseg predict: {err}", file=sys.stderr)
         return 2
-    results = predict_batch(predictor, cases, output, args.format, args.resume, args.workers, progress_bars())
+    extras = None
+    if args.statistics or args.preview:
+        from medseg.inference.batch_extras import for_models
+
+        extras = for_models(predictor.labels, spec.models, statistics=args.statistics, preview=args.preview)
+    results = predict_batch(predictor, cases, output, args.format, args.resume, args.workers, progress_bars(),
+                            extras)
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
     print(f"{counts['ok']} predicted, {counts['skipped']} skipped (already done), {counts['failed']} failed "
           f"-> {output} (log: {output / LOG_NAME})")

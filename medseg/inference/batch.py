@@ -5,7 +5,9 @@ For each case: skip it when ``resume`` is on and its outputs already exist and a
 input series); otherwise read, predict, write atomically, and verify the written header
 against the input's (a mismatch removes the output and fails the case). A case that fails
 for any reason (unreadable, truncated, empty, NaN, wrong dimensionality, wrong channel
-count…) is recorded with a one-line reason and the batch goes on.
+count…) is recorded with a one-line reason and the batch goes on. With ``--format both`` a
+case whose DICOM-SEG cannot be written still gets its NIfTI; it is logged failed with an
+error that starts "DICOM-SEG not written (NIfTI … written)".
 
 ``OUTPUT/predict_log.csv`` (case, status ok|failed|skipped, seconds, error) is rewritten
 atomically after every case, so an interrupted batch leaves a consistent log and no
@@ -32,6 +34,7 @@ import numpy as np
 import torch
 
 from medseg.data.io import NIFTI_SUFFIXES, ImageReadError, Volume, read_volume, write_label
+from medseg.inference.batch_extras import BatchExtras
 from medseg.inference.inputs import InputCase, read_case
 from medseg.inference.predictor import Predictor, PredictorSpec
 from medseg.inference.viewers import write_viewer_tables
@@ -135,33 +138,54 @@ def outputs_valid(paths: Sequence[Path], case: InputCase) -> bool:
 
 
 def predict_case(
-    predictor: Predictor, case: InputCase, output: Path, fmt: str = "nifti", resume: bool = True
+    predictor: Predictor, case: InputCase, output: Path, fmt: str = "nifti", resume: bool = True,
+    extras: BatchExtras | None = None,
 ) -> CaseResult:
-    """Predict one case into ``output``; never raises for a bad input (see the result's error)."""
+    """Predict one case into ``output``; never raises for a bad input (see the result's error).
+
+    ``extras``: statistics / QA / preview parts per case (:mod:`medseg.inference.batch_extras`).
+    """
     start = time.perf_counter()
     paths = output_paths(output, case, fmt)
     try:
         if resume and outputs_valid(paths, case):
-            return CaseResult(case.name, "skipped", round(time.perf_counter() - start, 3))
+            extra_error = extras.case_skipped(output, case, len(predictor.channel_names), next(
+                (p for p in paths if p.name.endswith(".nii.gz")), None)) if extras else ""
+            return CaseResult(case.name, "failed" if extra_error else "skipped",
+                              round(time.perf_counter() - start, 3), extra_error)
         if fmt != "nifti" and not case.is_dicom:
             raise ImageReadError(
                 f"{case.sources[0]}: --format {fmt} needs a DICOM series input (DICOM-SEG references the "
                 "source slices); use --format nifti for this case"
             )
         volume = read_case(case, len(predictor.channel_names))
+        seg_error = ""
         if fmt != "nifti":
             from medseg.inference.dicom_seg import load_sources
 
-            load_sources(volume.dicom_files)  # fail before predicting if no SEG can be written
+            try:
+                load_sources(volume.dicom_files)  # fail before predicting if no SEG can be written
+            except Exception as err:
+                if fmt == "dicom-seg":
+                    raise
+                seg_error = one_line(err)  # --format both: the NIfTI is still written
         labels = predictor.predict_volume(volume)
         reference = Volume(_shape_only(volume.spatial_shape), volume.affine, volume.header, volume.source,
                            volume.dicom_files)
-        del volume  # the image is no longer needed while writing
+        image = volume.array[0] if extras else None  # first channel, input units, for extras
+        del volume  # the image is no longer needed while writing (unless extras are on)
         for path in paths:
             if path.name.endswith(".dcm"):
                 from medseg.inference.dicom_seg import write_dicom_seg
 
-                write_dicom_seg(path, labels, reference, predictor.labels, version=_version())
+                try:
+                    if seg_error:
+                        raise ValueError(seg_error)
+                    write_dicom_seg(path, labels, reference, predictor.labels, version=_version())
+                except Exception as err:
+                    if fmt == "dicom-seg":
+                        raise
+                    seg_error = seg_error or one_line(err)
             else:
                 write_label(path, labels, reference)
                 try:
@@ -169,8 +193,13 @@ def predict_case(
                 except ValueError:
                     path.unlink(missing_ok=True)
                     raise
+        extra_error = extras.case_done(output, case.name, labels, image, reference.affine) if extras else ""
     except Exception as err:  # one bad case never stops the batch
         return CaseResult(case.name, "failed", round(time.perf_counter() - start, 3), one_line(err))
+    errors = [f"DICOM-SEG not written (NIfTI {case.name}.nii.gz written): {seg_error}"] if seg_error else []
+    errors += [f"mask written, but {extra_error}"] if extra_error else []  # a part the user asked for is missing
+    if errors:  # --format both: the NIfTI is written and verified, only the SEG failed
+        return CaseResult(case.name, "failed", round(time.perf_counter() - start, 3), "; ".join(errors))
     return CaseResult(case.name, "ok", round(time.perf_counter() - start, 3))
 
 
@@ -211,10 +240,11 @@ def _init_worker(spec: PredictorSpec, counter: Any = None, gpus: int = 0) -> Non
     _WORKER = Predictor.from_spec(spec)
 
 
-def _worker_case(case: InputCase, output: Path, fmt: str, resume: bool) -> CaseResult:
+def _worker_case(case: InputCase, output: Path, fmt: str, resume: bool, extras: BatchExtras | None = None
+                 ) -> CaseResult:
     if _WORKER is None:  # pragma: no cover - the initializer always runs first
         raise RuntimeError("worker not initialised")
-    return predict_case(_WORKER, case, output, fmt, resume)
+    return predict_case(_WORKER, case, output, fmt, resume, extras)
 
 
 def predict_batch(
@@ -225,6 +255,7 @@ def predict_batch(
     resume: bool = True,
     workers: int = 0,
     progress: bool = True,
+    extras: BatchExtras | None = None,
 ) -> list[CaseResult]:
     """Predict ``cases`` into ``output``; returns one :class:`CaseResult` per case, in order.
 
@@ -254,18 +285,20 @@ def predict_batch(
 
     try:
         if workers > 1:
-            _run_parallel(predictor, cases, output, fmt, resume, workers, record)
+            _run_parallel(predictor, cases, output, fmt, resume, workers, record, extras)
         else:
             for case in cases:
-                record(predict_case(predictor, case, output, fmt, resume))
+                record(predict_case(predictor, case, output, fmt, resume, extras))
     finally:
         bar.close()
+        if extras:  # merged statistics.csv / qa.csv and index.html, also after an interruption
+            extras.finish(output, [c.name for c in cases], done)
     return [done[c.name] for c in cases if c.name in done]
 
 
 def _run_parallel(
     predictor: Predictor, cases: Sequence[InputCase], output: Path, fmt: str, resume: bool, workers: int,
-    record: Any,
+    record: Any, extras: BatchExtras | None = None,
 ) -> None:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -281,7 +314,7 @@ def _run_parallel(
     ctx = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
     counter = ctx.Value("i", 0)
     with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker, initargs=(spec, counter, gpus)) as pool:
-        futures = {pool.submit(_worker_case, c, output, fmt, resume): c for c in cases}
+        futures = {pool.submit(_worker_case, c, output, fmt, resume, extras): c for c in cases}
         try:
             for future in as_completed(futures):
                 case = futures[future]

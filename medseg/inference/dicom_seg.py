@@ -22,6 +22,34 @@ class DicomSegError(ValueError):
     """A DICOM-SEG cannot be written for this case; the message says why."""
 
 
+TYPE2_PATIENT_STUDY = (
+    "PatientName", "PatientID", "PatientBirthDate", "PatientSex",
+    "StudyDate", "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
+)
+"""Type 2 attributes of the Patient and General Study modules that a SEG must carry (copied
+from the source series). Type 2 means "present, possibly empty" (DICOM PS3.5 7.4), so an
+anonymised series that dropped them gets them written empty instead of failing the SEG
+(highdicom reads them from the first source slice unconditionally)."""
+
+
+def fill_type2(ds: object, slice_spacing_mm: float | None = None) -> list[str]:
+    """Add each missing :data:`TYPE2_PATIENT_STUDY` attribute to ``ds``, empty; returns their names.
+
+    Present attributes (empty or not) are left untouched. A missing or empty SliceThickness
+    (Type 2 in the Image Plane module) becomes ``slice_spacing_mm`` when given (the SEG's
+    pixel measures then describe the voxels of the label map, which is what they segment).
+    """
+    added = []
+    for keyword in TYPE2_PATIENT_STUDY:
+        if keyword not in ds:  # type: ignore[operator]
+            setattr(ds, keyword, None)  # an empty element of the keyword's VR
+            added.append(keyword)
+    if slice_spacing_mm is not None and not getattr(ds, "SliceThickness", None):
+        ds.SliceThickness = round(float(slice_spacing_mm), 6)  # type: ignore[attr-defined]
+        added.append("SliceThickness")
+    return added
+
+
 def segment_numbers(labels: Mapping[str, int]) -> dict[int, tuple[int, str]]:
     """Label id -> (segment number, structure name) for the foreground labels, in id order."""
     fg = sorted((v, k) for k, v in labels.items() if v != 0)
@@ -61,8 +89,11 @@ def to_frames(labels: np.ndarray, label_map: Mapping[str, int]) -> np.ndarray:
     return np.ascontiguousarray(lut[labels].transpose(2, 1, 0))
 
 
-def load_sources(files: Sequence[str]) -> list:  # list[pydicom.Dataset]
+def load_sources(files: Sequence[str], slice_spacing_mm: float | None = None) -> list:  # list[pydicom.Dataset]
     """The source slices' headers, checked to be referenceable by a SEG.
+
+    Missing Type 2 patient/study attributes are added empty (:func:`fill_type2`), so a
+    SEG does not depend on what an anonymiser kept.
 
     A missing SOP Class/Instance UID is taken from the file meta information (the same
     values by definition). A missing Study/Series/Frame of Reference UID (e.g. after a
@@ -84,6 +115,7 @@ def load_sources(files: Sequence[str]) -> list:  # list[pydicom.Dataset]
                 f"{f}: {', '.join(missing)} empty or missing, so a DICOM-SEG cannot reference this series "
                 "(anonymised without new UIDs?); restore the UIDs or use --format nifti"
             )
+        fill_type2(ds, slice_spacing_mm)
         sources.append(ds)
     return sources
 
@@ -114,7 +146,7 @@ def write_dicom_seg(
             f"{reference.source}: label map {labels.shape} does not match the series "
             f"({reference.spatial_shape}, {len(files)} slice files)"
         )
-    sources = load_sources(files)
+    sources = load_sources(files, float(np.linalg.norm(reference.affine[:3, 2])))
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=to_frames(labels, label_map),

@@ -110,6 +110,12 @@ def export_model(model: Path | str, output: Path | str, formats: tuple[str, ...]
         "example_logits_shape": list(reference.shape),
     }
     atomic_write_text(output / METADATA, json.dumps(meta, indent=2))
+    from medseg.data.label_stats import FILE_NAME as LABEL_STATS
+    from medseg.data.label_stats import find_files
+
+    stats = find_files(Path(ckpt))  # the training label statistics travel along (predict's QA flags)
+    if stats:
+        atomic_write_text(output / LABEL_STATS, stats[0].read_text(encoding="utf-8"))
     return meta
 
 

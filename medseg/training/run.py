@@ -116,6 +116,12 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         dump(cfg, run_dir / "config.yaml")
         atomic_write_text(run_dir / "split.json", json.dumps(split, indent=2))
     plan = _resolve_plan(cfg, manifest, run_dir, resume or rank > 0)
+    if rank == 0 and not (run_dir / "label_statistics.json").is_file():  # for predict's QA flags
+        from medseg.data.label_stats import write_label_statistics
+
+        train_names = set(split["labelled"])  # the labels this run learns from
+        write_label_statistics(run_dir, [c.label for c in labelled_cases if c.name in train_names and c.label],
+                               plan.labels)
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     if rank == 0:
         if cfg.trainer.precision == "auto":

@@ -137,6 +137,7 @@ def test_real_ct_series_to_dicom_seg(tmp_path: Path) -> None:
     blanked = _series_with_uids(original, tmp_path / "blank", blank=True)
     [refused] = predict_batch(predictor, find_cases(blanked, ["CT"]), tmp_path / "o1", fmt="both", progress=False)
     assert refused.status == "failed" and "SeriesInstanceUID" in refused.error and "--format nifti" in refused.error
+    assert (tmp_path / "o1" / "blank.nii.gz").is_file()  # --format both: the NIfTI is kept
 
     series = _series_with_uids(original, tmp_path / "ct")
     [result] = predict_batch(predictor, find_cases(series, ["CT"]), tmp_path / "out", fmt="both", progress=False)
@@ -153,3 +154,73 @@ def test_real_ct_series_to_dicom_seg(tmp_path: Path) -> None:
     assert [s.SegmentLabel for s in seg.SegmentSequence] == ["body"]
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(
         volume.dicom_files[0], stop_before_pixels=True).SeriesInstanceUID
+
+
+# Type 1 attributes of the CT/MR image IODs that geometry and pixels need; everything else
+# (all Type 2 and 3 attributes: patient, study, equipment, rescale, slice thickness…) is stripped.
+_TYPE1_KEPT = {
+    "SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID",
+    "Modality", "ImageOrientationPatient", "ImagePositionPatient", "PixelSpacing", "Rows", "Columns",
+    "SamplesPerPixel", "PhotometricInterpretation", "BitsAllocated", "BitsStored", "HighBit",
+    "PixelRepresentation", "PixelData",
+}
+
+
+def _strip_to_type1(folder: Path) -> None:
+    for f in folder.iterdir():
+        ds = pydicom.dcmread(f)
+        for element in list(ds):
+            if element.keyword not in _TYPE1_KEPT:
+                del ds[element.tag]
+        ds.save_as(f)
+
+
+def _sphere_series(folder: Path) -> tuple[np.ndarray, tuple[float, float, float]]:
+    shape, spacing, origin = (24, 20, 8), (1.0, 1.2, 2.0), (-10.0, -12.0, 30.0)
+    affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+    affine[:3, 3] = [-origin[0], -origin[1], origin[2]]
+    centre = affine[:3, :3] @ (np.array(shape) * 0.5) + affine[:3, 3]
+    image = np.round(sphere_image(shape, affine, centre)).astype(np.int16)
+    write_dicom_series(folder, image, spacing, origin)
+    return image, spacing
+
+
+def test_dicom_seg_from_a_series_without_type2_or_type3_attributes(tmp_path: Path) -> None:
+    _image, spacing = _sphere_series(tmp_path / "in" / "mr")
+    _strip_to_type1(tmp_path / "in" / "mr")
+    first = pydicom.dcmread(next((tmp_path / "in" / "mr").iterdir()))
+    assert "PatientBirthDate" not in first and "PatientID" not in first and "SliceThickness" not in first
+    predictor = _predictor({"background": 0, "ball": 1}, [1.0, 1.2, 2.0], ThresholdNet(92.0))
+    [result] = predict_batch(predictor, find_cases(tmp_path / "in" / "mr", ["MR"]), tmp_path / "out", fmt="both",
+                             progress=False)
+    assert result.status == "ok", result.error
+    nifti = np.asanyarray(nib.load(str(tmp_path / "out" / "mr.nii.gz")).dataobj)
+    assert 0 < nifti.sum() < nifti.size
+    seg, decoded = _read_back(tmp_path / "out" / "mr.dcm", tmp_path / "in" / "mr")
+    np.testing.assert_array_equal(decoded, nifti)
+    # Type 2 patient/study attributes present and empty, as the standard allows.
+    for keyword in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                    "ReferringPhysicianName", "StudyID", "AccessionNumber"):
+        assert keyword in seg and not seg[keyword].value, keyword
+    measures = seg.SharedFunctionalGroupsSequence[0].PixelMeasuresSequence[0]
+    assert float(measures.SliceThickness) == pytest.approx(spacing[2])  # the slice spacing stands in
+
+
+def test_format_both_keeps_the_nifti_when_only_the_seg_fails(tmp_path: Path) -> None:
+    _sphere_series(tmp_path / "in" / "ct")
+    for f in (tmp_path / "in" / "ct").iterdir():  # no Study UID: a SEG cannot reference the study
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID = ""
+        ds.save_as(f)
+    predictor = _predictor({"background": 0, "ball": 1}, [1.0, 1.2, 2.0], ThresholdNet(92.0))
+    cases = find_cases(tmp_path / "in" / "ct", ["CT"])
+    [both] = predict_batch(predictor, cases, tmp_path / "both", fmt="both", progress=False)
+    assert both.status == "failed"
+    assert both.error.startswith("DICOM-SEG not written (NIfTI ct.nii.gz written)") and "StudyInstanceUID" in both.error
+    assert (tmp_path / "both" / "ct.nii.gz").is_file() and not (tmp_path / "both" / "ct.dcm").exists()
+    log = (tmp_path / "both" / "predict_log.csv").read_text()
+    assert "DICOM-SEG not written" in log
+    # Asked for the SEG only, the case fails before predicting and writes nothing.
+    [seg_only] = predict_batch(predictor, cases, tmp_path / "seg", fmt="dicom-seg", progress=False)
+    assert seg_only.status == "failed" and "StudyInstanceUID" in seg_only.error
+    assert not list((tmp_path / "seg").glob("ct.*"))

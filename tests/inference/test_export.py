@@ -22,7 +22,10 @@ def _image(tmp_path: Path) -> Path:
 
 
 def test_torchscript_export_predicts_the_same_mask(tmp_path: Path, checkpoint: Path) -> None:
+    (checkpoint / "label_statistics.json").write_text('{"version": 1, "cases": 3}')
     meta = export_model(checkpoint, tmp_path / "export", ("torchscript",))
+    # The training label statistics travel with the export (predict's QA flags read them there).
+    assert (tmp_path / "export" / "label_statistics.json").read_text() == '{"version": 1, "cases": 3}'
     saved = json.loads((tmp_path / "export" / METADATA).read_text(encoding="utf-8"))
     assert saved == json.loads(json.dumps(meta))
     assert saved["patch_size"] == [16, 16, 16] and saved["spatial_dims"] == 3 and saved["in_channels"] == 1

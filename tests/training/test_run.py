@@ -62,6 +62,9 @@ def test_run_directory_contents(phantoms, tmp_path, recwarn):
     summary = json.loads((run / "train_summary.json").read_text(encoding="utf-8"))
     assert re.match(r"(channels_last|contiguous) \(a training step: \d+ ms channels-last", summary["memory_format"])
     assert best_checkpoint(run) == run / "checkpoints" / "best.ckpt"
+    label_stats = json.loads((run / "label_statistics.json").read_text(encoding="utf-8"))  # for predict's QA
+    split = json.loads((run / "split.json").read_text(encoding="utf-8"))
+    assert label_stats["cases"] == len(split["train"]) and label_stats["structures"]
     with pytest.raises(FileExistsError, match="--resume"):
         train(tiny_cfg(phantoms), run)
 

@@ -1,0 +1,135 @@
+"""Per-structure statistics: values against a hand computation; batch merge, resume and HU units."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+
+from medseg.inference.batch import predict_batch
+from medseg.inference.batch_extras import BatchExtras
+from medseg.inference.inputs import find_cases
+from medseg.inference.statistics import COLUMNS, case_statistics
+from tests.inference.inference_helpers import save_nifti, threshold_predictor, write_dicom_series
+
+LABELS = {"background": 0, "liver": 1, "kidney": 2, "spleen": 3}
+
+
+def _read(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_statistics_match_a_hand_computation() -> None:
+    labels = np.zeros((6, 5, 4), np.uint8)
+    image = np.zeros((6, 5, 4), np.float32)
+    # liver: three voxels in a row along x with values 10, 20, 60 (one component).
+    for x, v in zip((1, 2, 3), (10.0, 20.0, 60.0), strict=True):
+        labels[x, 2, 1], image[x, 2, 1] = 1, v
+    # kidney: two single voxels, not face-neighbours (diagonal): two components, values -5, 5.
+    labels[0, 0, 0], image[0, 0, 0] = 2, -5.0
+    labels[1, 1, 0], image[1, 1, 0] = 2, 5.0
+    # spleen: absent.
+    affine = np.array([[-2.0, 0, 0, 100.0], [0, 1.0, 0, -50.0], [0, 0, 3.0, 10.0], [0, 0, 0, 1]])
+    rows = {r["structure"]: r for r in case_statistics("c", labels, image, affine, LABELS)}
+    assert list(rows) == ["liver", "kidney", "spleen"]
+    assert set(rows["liver"]) == set(COLUMNS)
+
+    liver = rows["liver"]
+    assert liver["voxels"] == 3 and float(liver["volume_ml"]) == pytest.approx(3 * 6.0 / 1000)  # 2*1*3 mm^3
+    assert float(liver["mean"]) == pytest.approx(30.0)
+    assert float(liver["std"]) == pytest.approx(np.sqrt(((10 - 30) ** 2 + (20 - 30) ** 2 + (60 - 30) ** 2) / 3))
+    assert (float(liver["min"]), float(liver["median"]), float(liver["max"])) == (10.0, 20.0, 60.0)
+    # Linear interpolation on (10, 20, 60): position 0.05*2 = 0.1 -> 11; 0.95*2 = 1.9 -> 20 + 0.9*40 = 56.
+    assert float(liver["p05"]) == pytest.approx(11.0) and float(liver["p95"]) == pytest.approx(56.0)
+    assert liver["components"] == 1
+    # Centroid voxel (2, 2, 1) -> x = -2*2 + 100 = 96, y = 2 - 50 = -48, z = 3 + 10 = 13 (RAS mm).
+    assert [float(liver[f"centroid_{a}_mm"]) for a in "xyz"] == pytest.approx([96.0, -48.0, 13.0])
+
+    kidney = rows["kidney"]
+    assert kidney["voxels"] == 2 and kidney["components"] == 2
+    assert (float(kidney["mean"]), float(kidney["std"])) == (0.0, 5.0)
+    # Centroid voxel (0.5, 0.5, 0) -> (99, -49.5, 10).
+    assert [float(kidney[f"centroid_{a}_mm"]) for a in "xyz"] == pytest.approx([99.0, -49.5, 10.0])
+
+    spleen = rows["spleen"]
+    assert spleen["voxels"] == 0 and float(spleen["volume_ml"]) == 0.0 and spleen["components"] == 0
+    assert spleen["mean"] == spleen["median"] == spleen["centroid_x_mm"] == ""
+
+
+def _ball_case(folder: Path, name: str, radius: float) -> Path:
+    shape = (20, 18, 16)
+    idx = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1)
+    dist = np.linalg.norm(idx - np.array([10, 9, 8]), axis=-1)
+    image = np.where(dist <= radius, 200.0 - dist, 0.0).astype(np.float32)  # > 100 inside the ball
+    return save_nifti(folder / f"{name}.nii.gz", image, np.diag([1.5, 1.5, 2.0, 1.0]))
+
+
+def test_batch_statistics_csv_is_merged_once_per_case_and_resume_safe(tmp_path: Path) -> None:
+    _ball_case(tmp_path / "in", "a", 4.0)
+    _ball_case(tmp_path / "in", "b", 6.0)
+    predictor = threshold_predictor([1.5, 1.5, 2.0], 100.0, crop=False)
+    cases = find_cases(tmp_path / "in", ["image"])
+    out = tmp_path / "out"
+    # First run without statistics; the resumed run computes them from the written masks.
+    predict_batch(predictor, cases, out, progress=False)
+    extras = BatchExtras(dict(predictor.labels), statistics=True)
+    results = predict_batch(predictor, cases, out, progress=False, extras=extras)
+    assert [r.status for r in results] == ["skipped", "skipped"], results
+    first = (out / "statistics.csv").read_text()
+    assert first.splitlines()[0] == ",".join(COLUMNS)
+    rows = _read(out / "statistics.csv")
+    assert [(r["case"], r["structure"]) for r in rows] == [("a", "object"), ("b", "object")]
+    for row in rows:
+        mask = np.asanyarray(nib.load(str(out / f"{row['case']}.nii.gz")).dataobj) == 1
+        image = nib.load(str(tmp_path / "in" / f"{row['case']}.nii.gz")).get_fdata()
+        assert int(row["voxels"]) == mask.sum() > 0
+        assert float(row["median"]) == pytest.approx(np.median(image[mask]), rel=1e-5)
+        assert float(row["p95"]) == pytest.approx(np.percentile(image[mask], 95), rel=1e-5)
+        assert float(row["volume_ml"]) == pytest.approx(mask.sum() * 1.5 * 1.5 * 2.0 / 1000)
+    # Resumed again, and re-predicted without resume: the same rows, never duplicated.
+    predict_batch(predictor, cases, out, progress=False, extras=extras)
+    assert (out / "statistics.csv").read_text() == first
+    predict_batch(predictor, cases, out, resume=False, progress=False, extras=extras)
+    assert (out / "statistics.csv").read_text() == first
+
+
+def test_dicom_statistics_are_in_hounsfield_units(tmp_path: Path) -> None:
+    stored = np.zeros((12, 10, 6), np.int16)
+    stored[3:7, 3:6, 2:4] = 1100  # stored value; HU = 1100 - 1024 = 76
+    stored[4, 4, 2] = 1124  # HU 100
+    write_dicom_series(tmp_path / "ct", stored, (1.0, 1.0, 2.0), (0.0, 0.0, 0.0))
+    for f in (tmp_path / "ct").iterdir():
+        ds = pydicom.dcmread(f)
+        ds.RescaleIntercept = -1024
+        ds.save_as(f)
+    predictor = threshold_predictor([1.0, 1.0, 2.0], 50.0, crop=False)
+    extras = BatchExtras(dict(predictor.labels), statistics=True)
+    [result] = predict_batch(predictor, find_cases(tmp_path / "ct", ["CT"]), tmp_path / "out", progress=False,
+                             extras=extras)
+    assert result.status == "ok", result.error
+    [row] = _read(tmp_path / "out" / "statistics.csv")
+    assert int(row["voxels"]) == 4 * 3 * 2
+    assert (float(row["min"]), float(row["max"])) == (76.0, 100.0)
+    assert float(row["mean"]) == pytest.approx((23 * 76 + 100) / 24)
+
+
+@pytest.mark.slow  # spawns two worker processes (~1 min on 2 busy cores)
+def test_worker_processes_write_the_same_statistics(tmp_path: Path, checkpoint: Path) -> None:
+    from medseg.cli import main
+
+    rng = np.random.default_rng(1)
+    for name in ("a", "b", "c"):
+        save_nifti(tmp_path / "in" / f"{name}.nii.gz", rng.normal(size=(20, 18, 16)).astype(np.float32),
+                   np.diag([1.5, 1.5, 1.5, 1.0]))
+    base = ["predict", "--model", str(checkpoint), "--input", str(tmp_path / "in"), "--quiet", "--statistics",
+            "--preview"]
+    assert main([*base, "--output", str(tmp_path / "serial")]) == 0
+    assert main([*base, "--output", str(tmp_path / "parallel"), "--workers", "2"]) == 0
+    for name in ("statistics.csv", "qa.csv"):
+        assert (tmp_path / "parallel" / name).read_text() == (tmp_path / "serial" / name).read_text(), name
+    assert sorted(p.name for p in (tmp_path / "parallel" / "previews").iterdir()) == ["a.png", "b.png", "c.png"]
