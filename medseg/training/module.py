@@ -12,6 +12,7 @@ single-process validation.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from dataclasses import asdict
@@ -29,6 +30,8 @@ from medseg.models.registry import build_network
 from medseg.training import semi
 from medseg.training.layout import choose_memory_format
 from medseg.training.losses import build_loss, deep_supervision_loss
+
+log = logging.getLogger("medseg.train")
 
 
 def case_dice(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -89,7 +92,7 @@ class NetworkModule(pl.LightningModule):
             # every rank must hold its weights in the same layout (DDP's gradient buckets)
             fmt, why = trainer.strategy.broadcast((fmt, why), src=0)
         if trainer is None or trainer.is_global_zero:
-            print(f"trainer.memory_format {self.cfg.trainer.memory_format} -> {why}", flush=True)
+            log.info(f"trainer.memory_format {self.cfg.trainer.memory_format} -> {why}")
         self._memory_format, self.memory_format_choice = fmt, why
         if fmt is not None:
             for net in self.networks():

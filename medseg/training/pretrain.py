@@ -13,6 +13,7 @@ reconstruction loss on the held-out images (fixed patches and masks per case).
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -38,6 +39,8 @@ from medseg.training.precision import resolve_precision
 from medseg.utils import atomic_write_text
 
 VALIDATION_PATCHES_PER_CASE = 4
+
+log = logging.getLogger("medseg.train")
 
 
 def block_mask(
@@ -140,8 +143,7 @@ def pretrain(cfg: PipelineConfig, sources: list[str], run_dir: str | Path, resum
     if rank == 0:
         info = {**run_manifest(cfg, run_dir, split, precision), "task": "pretrain", "sources": [str(s) for s in sources]}
         atomic_write_text(run_dir / "run_manifest.json", json.dumps(info, indent=2))
-        print(f"pretraining on {len(split['train'])} images ({len(split['val'])} held out for the reconstruction loss)",
-              flush=True)
+        log.info(f"pretraining on {len(split['train'])} images ({len(split['val'])} held out for the reconstruction loss)")
     cache = Path(os.environ.get("MEDSEG_CACHE", run_dir / "cache"))
     dm = SegmentationDataModule(cfg, manifest, plan, split, cache_dir=cache)
     module = PretrainModule(**module_hparams(cfg, plan))

@@ -12,6 +12,7 @@ git commit, seeds, hashes of config and split) and, with ``init_from``,
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from medseg.training.init_from import init_weights_from, summary_line
 from medseg.training.module import SegmentationModule, module_hparams
 from medseg.training.precision import resolve_precision
 from medseg.utils import atomic_write_text
+
+log = logging.getLogger("medseg.train")
 
 
 @dataclass
@@ -75,11 +78,11 @@ def plan_cases(
             )
         unused = [c.name for c in manifest.training if c.label is None]
         if unused:
-            print(f"note: {len(unused)} training cases have no label and are not used ({', '.join(unused[:3])}...); "
-                  "--set semi_supervised.method=mean_teacher learns from them", flush=True)
+            log.warning(f"{len(unused)} training cases have no label and are not used ({', '.join(unused[:3])}...); "
+                        "--set semi_supervised.method=mean_teacher learns from them")
         if hidden:
-            print(f"note: data.labelled_cases={len(labelled)}: the labels of {len(hidden)} training cases are hidden and "
-                  "those cases unused; --set semi_supervised.method=mean_teacher learns from their images", flush=True)
+            log.info(f"data.labelled_cases={len(labelled)}: the labels of {len(hidden)} training cases are hidden and "
+                     "those cases unused; --set semi_supervised.method=mean_teacher learns from their images")
     else:
         pool = unlabelled_pool(manifest, s.unlabelled, train_labelled)
         pool += [Case(n, list(manifest.case(n).images), None) for n in hidden]
@@ -125,8 +128,8 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
     precision = resolve_precision(cfg.trainer.precision, cfg.trainer.accelerator)
     if rank == 0:
         if cfg.trainer.precision == "auto":
-            print(f"trainer.precision auto -> {precision}", flush=True)
-        print(f"training on {describe(split)}", flush=True)
+            log.info(f"trainer.precision auto -> {precision}")
+        log.info(f"training on {describe(split)}")
         atomic_write_text(run_dir / "run_manifest.json", json.dumps(run_manifest(cfg, run_dir, split, precision), indent=2))
     cache = Path(os.environ.get("MEDSEG_CACHE", run_dir / "cache"))
     dm = SegmentationDataModule(cfg, manifest, plan, split, cache_dir=cache, unlabelled=unlabelled)
@@ -135,7 +138,7 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         report = init_weights_from(module, cfg.init_from)
         atomic_write_text(run_dir / "init_from_report.json", json.dumps(report, indent=2))
         if rank == 0:
-            print(f"{summary_line(report)} (details in {run_dir / 'init_from_report.json'})", flush=True)
+            log.info(f"{summary_line(report)} (details in {run_dir / 'init_from_report.json'})")
     result = fit(module, dm, cfg, run_dir, resume=resume, precision=precision, has_val=bool(split["val"]),
                  monitor="val/mean_dice", mode="max", started=start)
     return TrainResult(run_dir, result.best_checkpoint, result.last_checkpoint, result.best_score, time.time() - start)

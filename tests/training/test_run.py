@@ -254,7 +254,7 @@ def test_limited_label_mistakes_fail_before_any_compute(phantoms, tmp_path, extr
     assert not (tmp_path / "run" / "preprocessing.json").exists()  # no fingerprint, no preprocessing
 
 
-def test_mean_teacher_with_a_label_budget_from_yaml(phantoms, tmp_path, capsys):
+def test_mean_teacher_with_a_label_budget_from_yaml(phantoms, tmp_path, caplog):
     from medseg.cli import main
 
     pipeline = tmp_path / "semi.yaml"
@@ -265,8 +265,9 @@ def test_mean_teacher_with_a_label_budget_from_yaml(phantoms, tmp_path, capsys):
     test_image = sorted((phantoms.parent / "imagesTs").glob("*.nii.gz"))[0]
     (extra / test_image.name).symlink_to(test_image)
     args = ["train", str(pipeline), "--data", str(phantoms), "--output", str(tmp_path / "run"), "--unlabelled", str(extra)]
-    assert main([*args, *[a for s in TINY for a in ("--set", s)]]) == 0
-    assert "2 labelled training cases, 1 validation cases, 2 unlabelled images" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="medseg.train"):
+        assert main([*args, *[a for s in TINY for a in ("--set", s)]]) == 0
+    assert "training on 2 labelled training cases, 1 validation cases, 2 unlabelled images" in caplog.text
     split = json.loads((tmp_path / "run" / "split.json").read_text())
     assert len(split["labelled"]) == 2 and set(split["labelled"]) < set(split["train"])
     hidden = sorted(set(split["train"]) - set(split["labelled"]))
