@@ -39,11 +39,16 @@ def test_cli_end_to_end(tmp_path: Path, capsys):
         assert np.asarray(b.dataobj).dtype == np.uint8
     log = list(csv.DictReader((preds / "predict_log.csv").open()))
     assert {r["status"] for r in log} == {"ok"} and len(log) == len(test_images)
-    main(["evaluate", "--pred", str(preds), "--ref", str(manifest), "--output", str(ev)])
+    # every test case predicted and paired with its reference: no problem to report, exit 0
+    assert main(["evaluate", "--pred", str(preds), "--ref", str(manifest), "--output", str(ev)]) == 0
     rows = list(csv.DictReader((ev / "metrics.csv").open()))
     assert {"case", "label", "structure", "dice", "iou", "hd95", "assd", "nsd", "vol_ref_ml", "vol_pred_ml"} <= set(rows[0])
     assert {r["structure"] for r in rows} == {"organ", "lesion", "vessel"}
     assert len(rows) == 3 * len(test_images)
     summary = json.loads((ev / "summary.json").read_text(encoding="utf-8"))
-    assert summary
+    assert summary["cases"]["evaluated"] == len(test_images) and not summary["problems"]
+    assert set(summary["structures"]) == {"organ", "lesion", "vessel"}
+    # a missing prediction is a problem the exit status reports
+    (preds / test_images[0].name).unlink()
+    assert main(["evaluate", "--pred", str(preds), "--ref", str(manifest), "--output", str(tmp_path / "ev2")]) == 1
     assert (ev / "report.html").exists() and (ev / "report.md").exists()
