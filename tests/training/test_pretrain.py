@@ -7,7 +7,6 @@ import csv
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,7 @@ from medseg.config import from_dict
 from medseg.data.synthetic import generate_dataset
 from medseg.models.checkpoint import load_network
 from medseg.training.pretrain import block_mask, masked_mse, pretrain
+from tests.training.kill import kill_after_first_checkpoint
 
 TINY = ["data.patch_size=[16,16,16]", "data.batch_size=2", "data.target_spacing=[4.0,4.0,4.0]", "model.channels=[4,8]",
         "trainer.max_epochs=2", "trainer.steps_per_epoch=3", "trainer.val_every_n_epochs=1",
@@ -90,16 +90,8 @@ def test_killed_pretraining_resumes(phantoms, tmp_path):
     args = [sys.executable, "-m", "medseg", "pretrain", str(tmp_path / "p.yaml"), "--data", str(phantoms),
             "--output", str(run)]
     args += [a for s in TINY if not s.startswith("trainer.max_epochs") for a in ("--set", s)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 120
-    while time.time() < deadline and not last.exists():
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.kill()
-    proc.wait()
-    assert last.exists(), "no checkpoint was written before the kill"
-    done = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    done = kill_after_first_checkpoint(args, run)
     assert done < 59
     again = subprocess.run(args, capture_output=True, encoding="utf-8", errors="replace")
     assert again.returncode == 1 and "--resume" in again.stderr  # a fresh run never overwrites it

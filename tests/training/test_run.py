@@ -21,6 +21,7 @@ from medseg.data.datamodule import load_or_make_split, make_split
 from medseg.data.synthetic import generate_dataset
 from medseg.models.checkpoint import best_checkpoint
 from medseg.training.run import train
+from tests.training.kill import kill_after_first_checkpoint
 
 pytestmark = pytest.mark.slow
 
@@ -136,18 +137,8 @@ def test_kill_mid_epoch_then_resume(phantoms, tmp_path):
     pipeline.write_text("trainer:\n  max_epochs: 40\n")
     args = [sys.executable, "-m", "medseg", "train", str(pipeline), "--data", str(phantoms), "--output", str(run)]
     args += [a for s in TINY if not s.startswith("trainer.max_epochs") for a in ("--set", s)]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     last = run / "checkpoints" / "last.ckpt"
-    import time
-
-    deadline = time.time() + 120
-    while time.time() < deadline and not last.exists():
-        time.sleep(0.2)
-    time.sleep(1.0)
-    proc.kill()
-    proc.wait()
-    assert last.exists(), "no checkpoint was written before the kill"
-    done = torch.load(last, map_location="cpu", weights_only=False)["epoch"]
+    done = kill_after_first_checkpoint(args, run)
     assert done < 39
     out = subprocess.run([*args, "--resume", "--set", "trainer.max_epochs=" + str(done + 2)], capture_output=True, encoding="utf-8", errors="replace")
     assert out.returncode == 0, out.stderr[-2000:]
