@@ -1,0 +1,1 @@
+"""Model compression for deployment: int8 quantisation (``quantize``) and channel pruning (``prune``)."""
