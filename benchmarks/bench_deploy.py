@@ -38,6 +38,28 @@ def _rate(fn, x: np.ndarray) -> float:
     return REPEATS * len(x) / (time.perf_counter() - start)
 
 
+def _pruned(cfg, ratio: float):
+    """torch fp32 forward of the same family with every level's width times ``ratio`` (what prune builds)."""
+    from medseg.deploy.prune import pruned_config
+
+    net = _LogitsOnly(build_network(pruned_config(cfg, ratio).model, 1, 3)).eval()
+    return lambda a: net(torch.from_numpy(a))
+
+
+def _openvino(fp32: Path, int8: Path, x: np.ndarray) -> dict[str, float]:
+    """OpenVINO CPU on the same fp32 and QDQ int8 ONNX files (it runs QDQ graphs in int8), if installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return {}
+    core = ov.Core()
+    out = {}
+    for key, path in (("openvino_fp32", fp32), ("openvino_int8", int8)):
+        compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1})
+        out[key] = _rate(lambda a, c=compiled: c(a), x)
+    return out
+
+
 def bench(name: str) -> dict[str, object]:
     torch.set_num_threads(1)
     cfg = load_config(PIPELINES[name])
@@ -58,6 +80,8 @@ def bench(name: str) -> dict[str, object]:
             "torch_fp32": _rate(lambda a: net(torch.from_numpy(a)), x),
             "ort_fp32": _rate(lambda a: s32.run(None, {"image": a}), x),
             "ort_int8": _rate(lambda a: s8.run(None, {"image": a}), x),
+            **_openvino(fp32, int8, x),
+            **{f"torch_fp32_pruned_{r}": _rate(_pruned(cfg, r), x) for r in (0.5, 0.25)},
             "fp32_bytes": fp32.stat().st_size, "int8_bytes": int8.stat().st_size, "int8_ops": int8_ops(int8),
         }
     return out

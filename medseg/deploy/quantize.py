@@ -10,7 +10,8 @@ logits stay float. :func:`int8_ops` reports which operators carry int8 tensors.
 
 The export folder keeps the same ``medseg_export.json`` as a float export, so
 ``medseg predict --model DIR`` runs it through the same windows, TTA, resampling and
-geometry checks; only ONNX Runtime is needed to run it (no torch training stack).
+geometry checks; it runs with OpenVINO where installed, else ONNX Runtime
+(:mod:`medseg.deploy.runtime`), never the training stack.
 """
 
 from __future__ import annotations

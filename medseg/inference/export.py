@@ -173,6 +173,10 @@ def load_exported(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             net: torch.nn.Module = torch.jit.load(str(folder / files[kind]), map_location=device)
+    elif kind == "onnx-int8":
+        from medseg.deploy.runtime import int8_network
+
+        net = int8_network(folder / files[kind])  # OpenVINO where installed, else ONNX Runtime
     else:
         net = OnnxNetwork(folder / files[kind])
     return net.eval(), cfg, plan

@@ -12,8 +12,9 @@ import pytest
 
 from medseg.cli import main
 from medseg.data.io import read_volume
+from medseg.deploy.runtime import int8_network
 from medseg.inference.export import METADATA, load_exported
-from medseg.inference.predictor import Predictor
+from medseg.inference.predictor import LoadedModel, Predictor
 
 
 def _dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
@@ -30,8 +31,7 @@ def int8_export(phantom_run: tuple[Path, Path], tmp_path_factory: pytest.TempPat
     return out
 
 
-def test_int8_export_predicts_the_fp32_masks(phantom_run: tuple[Path, Path], int8_export: Path) -> None:
-    run, manifest = phantom_run
+def test_int8_export_metadata(int8_export: Path) -> None:
     meta = json.loads((int8_export / METADATA).read_text(encoding="utf-8"))
     assert meta["files"] == {"onnx-int8": "model.int8.onnx"} and meta["precision"] == "int8"
     assert not (int8_export / "model.onnx").exists()  # only the int8 network ships
@@ -39,9 +39,15 @@ def test_int8_export_predicts_the_fp32_masks(phantom_run: tuple[Path, Path], int
     assert q["calibration_windows"] == 16 and q["int8_bytes"] < 0.8 * q["fp32_bytes"]
     assert q["ops"]["QuantizeLinear"] > 0 and q["ops"]["DequantizeLinear"] > 0
     net, _, _ = load_exported(int8_export)
-    assert type(net).__name__ == "OnnxNetwork"
+    assert type(net).__name__ == "OpenVinoNetwork"  # the faster runtime, installed by the deploy extra
+
+
+@pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
+def test_int8_export_predicts_the_fp32_masks(phantom_run: tuple[Path, Path], int8_export: Path, runtime: str) -> None:
+    run, manifest = phantom_run
+    _, cfg, plan = load_exported(int8_export)
     fp32 = Predictor.from_checkpoints([run])
-    int8 = Predictor.from_checkpoints([int8_export])
+    int8 = Predictor([LoadedModel(int8_network(int8_export / "model.int8.onnx", runtime), cfg, "int8")], plan)
     images = sorted((manifest.parent / "imagesTs").glob("*.nii.gz"))
     assert images
     for image in images:
@@ -51,6 +57,14 @@ def test_int8_export_predicts_the_fp32_masks(phantom_run: tuple[Path, Path], int
         assert labels  # the trained network finds structures
         for label in labels:
             assert _dice(expected, got, label) >= 0.98, (image.name, label, _dice(expected, got, label))
+
+
+def test_int8_runtime_choice(int8_export: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MEDSEG_INT8_RUNTIME", "onnxruntime")
+    assert type(load_exported(int8_export)[0]).__name__ == "OnnxNetwork"
+    monkeypatch.setenv("MEDSEG_INT8_RUNTIME", "tensorrt")
+    with pytest.raises(ValueError, match=r"expected one of \['auto', 'openvino', 'onnxruntime'\]"):
+        load_exported(int8_export)
 
 
 def test_int8_export_predicts_without_lightning(int8_export: Path, phantom_run: tuple[Path, Path], tmp_path: Path) -> None:
