@@ -42,6 +42,8 @@ def _require_ort() -> Any:
 def check_request(quantize: str | None, calibration: str | Path | None, fmt: str | None, precision: str) -> None:
     """Reject a quantisation request that cannot work, before any compute (names the fix)."""
     if quantize is None:
+        if calibration is not None:
+            raise ValueError(f"--calibration {calibration} without --quantize: add --quantize int8, or drop --calibration")
         return
     if quantize != "int8":
         raise ValueError(f"--quantize {quantize}: expected int8")

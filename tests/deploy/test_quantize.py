@@ -104,6 +104,8 @@ def test_quantize_rejects_bad_requests_before_compute(
     rc = main(["export", "--model", str(tmp_path / "no_run"), "--output", str(tmp_path / "e"), "--quantize", "int8", *extra])
     assert rc == 2 and message in capsys.readouterr().err
     assert not (tmp_path / "e").exists()
+    rc = main(["export", "--model", str(tmp_path / "no_run"), "--output", str(tmp_path / "e"), "--calibration", str(manifest)])
+    assert rc == 2 and "without --quantize" in capsys.readouterr().err
 
 
 def test_int8_calibration_manifest_of_other_channels_is_refused(phantom_run: tuple[Path, Path], tmp_path: Path) -> None:
