@@ -124,7 +124,7 @@ def export_int8(model: Path | str, output: Path | str, calibration: Path | str, 
     meta["files"] = {INT8_KIND: INT8_FILE}
     meta["precision"] = "int8"
     meta["quantization"] = {
-        "runtime": "onnxruntime", "format": "QDQ", "weights": "int8 per output channel", "activations": "uint8",
+        "quantiser": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8 per output channel", "activations": "uint8",
         "calibration": str(Path(calibration).resolve()), "calibration_windows": len(windows),
         "method": "MinMax", "fp32_bytes": fp32_bytes, "int8_bytes": (output / INT8_FILE).stat().st_size,
         "ops": int8_ops(output / INT8_FILE),
