@@ -22,7 +22,8 @@ from medseg.inference.predictor import Predictor
 
 def _dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
     x, y = a == label, b == label
-    return float(2 * (x & y).sum() / max(x.sum() + y.sum(), 1))
+    total = x.sum() + y.sum()
+    return float(2 * (x & y).sum() / total) if total else 1.0  # both empty: agree
 
 
 def main(run: Path, export: Path, data: Path, n: int) -> dict[str, object]:
