@@ -13,7 +13,7 @@ import sys
 
 from medseg.logs import add_verbosity_options, level_from_args, setup_logging
 
-COMMANDS = ("synth", "check", "plan", "pretrain", "train", "predict", "evaluate", "export")
+COMMANDS = ("synth", "check", "plan", "pretrain", "train", "predict", "evaluate", "export", "prune", "distill")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from medseg.commands import int_at_least
+
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     """Register the ``export`` subcommand (sets ``func=run``)."""
@@ -23,17 +25,31 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, metavar="RUN_DIR|CKPT", help="run directory or .ckpt file")
     p.add_argument("--output", required=True, metavar="DIR", help="export folder")
-    p.add_argument("--format", choices=("torchscript", "onnx", "both"), default="torchscript",
-                   help="torchscript (default), onnx (needs the onnx package) or both")
+    p.add_argument("--format", choices=("torchscript", "onnx", "both"), default=None,
+                   help="torchscript (default), onnx (needs the onnx package) or both; onnx with --quantize int8")
+    p.add_argument("--precision", choices=("fp32", "fp16"), default="fp32",
+                   help="fp16: half-precision weights and arithmetic for GPUs (float32 in and out)")
+    p.add_argument("--quantize", choices=("int8",), default=None,
+                   help="int8: post-training static quantisation (ONNX Runtime), calibrated on --calibration")
+    p.add_argument("--calibration", metavar="MANIFEST", default=None,
+                   help="manifest whose training cases calibrate --quantize int8 (preprocessed with the run's plan)")
+    p.add_argument("--calibration-cases", type=int_at_least(1), default=8, metavar="N",
+                   help="calibration cases (4 patch-size windows each; default 8)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from medseg.deploy.quantize import check_request, export_int8
     from medseg.inference.export import METADATA, export_model
 
-    formats = ("torchscript", "onnx") if args.format == "both" else (args.format,)
+    fmt = args.format or ("onnx" if args.quantize else "torchscript")
+    formats = ("torchscript", "onnx") if fmt == "both" else (fmt,)
     try:
-        meta = export_model(args.model, args.output, formats)
+        check_request(args.quantize, args.calibration, args.format, args.precision)  # before any compute
+        if args.quantize:
+            meta = export_int8(args.model, args.output, args.calibration, args.calibration_cases)
+        else:
+            meta = export_model(args.model, args.output, formats, args.precision)
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"medseg export: {err}", file=sys.stderr)
         return 2

@@ -56,10 +56,14 @@ class _LogitsOnly(torch.nn.Module):
         return out
 
 
-def export_model(model: Path | str, output: Path | str, formats: tuple[str, ...] = ("torchscript",)) -> dict[str, Any]:
+def export_model(
+    model: Path | str, output: Path | str, formats: tuple[str, ...] = ("torchscript",), precision: str = "fp32"
+) -> dict[str, Any]:
     """Export a checkpoint (or the best one of a run directory) into ``output``.
 
-    ``formats``: any of ``torchscript``, ``onnx``. Returns the metadata written to
+    ``formats``: any of ``torchscript``, ``onnx``. ``precision``: fp32, or fp16 (half weights
+    and arithmetic for GPUs; the file still takes and returns float32, see
+    :class:`medseg.deploy.half.HalfPrecision`). Returns the metadata written to
     ``medseg_export.json``. Files are written atomically.
     """
     from medseg.models.checkpoint import best_checkpoint, in_channels, load_network
@@ -69,7 +73,11 @@ def export_model(model: Path | str, output: Path | str, formats: tuple[str, ...]
         raise ValueError(f"export formats {list(formats)}: expected one or more of {list(FILES)}")
     ckpt = best_checkpoint(model)
     net, cfg, plan = load_network(ckpt, "cpu")
-    wrapped = _LogitsOnly(net).eval()
+    wrapped: torch.nn.Module = _LogitsOnly(net).eval()
+    if precision != "fp32":
+        from medseg.deploy.half import half_precision
+
+        wrapped = half_precision(wrapped, precision)
     channels = in_channels(cfg, plan)
     example = _example_input(cfg, channels)
     output = Path(output)
@@ -106,6 +114,7 @@ def export_model(model: Path | str, output: Path | str, formats: tuple[str, ...]
         "blend": cfg.inference.blend,
         "plan": asdict(plan),
         "config": cfg.to_dict(),
+        "precision": precision,
         "torch_version": torch.__version__,
         "example_logits_shape": list(reference.shape),
     }
@@ -154,7 +163,7 @@ class OnnxNetwork(torch.nn.Module):
 def load_exported(
     folder: Path | str, kind: str = "auto", device: str | torch.device = "cpu"
 ) -> tuple[torch.nn.Module, PipelineConfig, PreprocessingPlan]:
-    """Load an export folder: (network, config, plan). ``kind``: auto (TorchScript first), torchscript, onnx."""
+    """Load an export folder: (network, config, plan). ``kind``: auto (TorchScript first), torchscript, onnx, onnx-int8."""
     folder = Path(folder)
     meta_path = folder / METADATA
     if not meta_path.is_file():
@@ -162,7 +171,7 @@ def load_exported(
     meta = json.loads(meta_path.read_text(encoding="utf-8"))
     files: dict[str, str] = meta.get("files", {})
     if kind == "auto":
-        kind = "torchscript" if "torchscript" in files else "onnx"
+        kind = "torchscript" if "torchscript" in files else next(iter(files), "onnx")
     if kind not in files:
         raise FileNotFoundError(f"{folder}: export holds {sorted(files)}, not {kind}; re-export with --format {kind}")
     cfg, plan = from_dict(meta["config"]), PreprocessingPlan(**meta["plan"])
@@ -170,6 +179,10 @@ def load_exported(
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             net: torch.nn.Module = torch.jit.load(str(folder / files[kind]), map_location=device)
+    elif kind == "onnx-int8":
+        from medseg.deploy.runtime import int8_network
+
+        net = int8_network(folder / files[kind])  # OpenVINO where installed, else ONNX Runtime
     else:
         net = OnnxNetwork(folder / files[kind])
     return net.eval(), cfg, plan

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,8 +95,14 @@ def plan_cases(
     return {**split, "labelled": labelled, "unlabelled": [c.name for c in pool]}, pool
 
 
-def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> TrainResult:
-    """Train ``cfg`` into ``run_dir``; ``resume`` continues from ``checkpoints/last.ckpt``."""
+def train(
+    cfg: PipelineConfig, run_dir: str | Path, resume: bool = False,
+    module_factory: Callable[..., SegmentationModule] | None = None,
+) -> TrainResult:
+    """Train ``cfg`` into ``run_dir``; ``resume`` continues from ``checkpoints/last.ckpt``.
+
+    ``module_factory(config=..., plan=...)`` builds the module instead of
+    :class:`SegmentationModule` (``medseg distill``: a student with teachers)."""
     start = time.time()
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: no dataset given; set it in the pipeline or pass --data MANIFEST")
@@ -133,7 +140,7 @@ def train(cfg: PipelineConfig, run_dir: str | Path, resume: bool = False) -> Tra
         atomic_write_text(run_dir / "run_manifest.json", json.dumps(run_manifest(cfg, run_dir, split, precision), indent=2))
     cache = Path(os.environ.get("MEDSEG_CACHE", run_dir / "cache"))
     dm = SegmentationDataModule(cfg, manifest, plan, split, cache_dir=cache, unlabelled=unlabelled)
-    module = SegmentationModule(**module_hparams(cfg, plan))
+    module = (module_factory or SegmentationModule)(**module_hparams(cfg, plan))
     if cfg.init_from and not resume:
         report = init_weights_from(module, cfg.init_from)
         atomic_write_text(run_dir / "init_from_report.json", json.dumps(report, indent=2))

@@ -1,0 +1,188 @@
+"""Structured channel pruning of a trained run into an ordinary, smaller run directory.
+
+Route: the pruned network is an ordinary network of the same family with narrower levels.
+Every level's width ``c`` in ``model.channels`` becomes ``max(1, round(c * ratio))``;
+torch-pruning's dependency graph finds the coupled channel groups (a convolution, its norm,
+activation, the residual and skip-connection concatenations that consume it) and removes, in
+each group, the channels of least L1 weight norm (``GroupMagnitudeImportance(p=1)``), so the
+kept filters carry their trained weights. The output head (found as the tensors whose shape
+follows the class count) keeps its classes. The pruned state dict is then loaded into a
+network freshly built from the config with the new ``model.channels`` (the shapes must match
+exactly, or the family is refused), so the checkpoint stores only a config and a state
+dict: ``medseg predict``, ``export`` and ``export --quantize`` rebuild it unchanged and no
+torch-pruning is needed to use a pruned run. Storing torch-pruning's modified module graph
+instead would tie every later load to that library and to pickled modules.
+
+Fine-tuning runs the normal training loop (:func:`medseg.training.run.train`) on the pruned
+config with ``init_from`` = the pruned weights and ``trainer.max_time_minutes`` = the budget.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from medseg.config import PipelineConfig, from_dict
+from medseg.data.preprocess import PreprocessingPlan
+from medseg.models.checkpoint import best_checkpoint, in_channels, load_network
+from medseg.models.registry import build_network
+from medseg.utils import atomic_path, atomic_write_text
+
+INIT_FILE = "pruned_init.ckpt"
+# Families whose pruned network model.channels rebuilds (checked on every prune). torch-pruning's
+# graph cannot size DynUNet's and AttentionUnet's concatenations, and SegResNet's widths are not
+# model.channels alone.
+PRUNABLE = ("unet", "residual_unet")
+REPORT = "prune_report.json"
+
+
+def check_ratio(ratio: float) -> None:
+    """``ratio`` is the fraction of channels kept: strictly between 0 and 1."""
+    if not 0.0 < ratio < 1.0:
+        raise ValueError(f"--ratio {ratio}: expected the fraction of channels to keep, strictly between 0 and 1, e.g. 0.5")
+
+
+def pruned_widths(channels: list[int], ratio: float) -> list[int]:
+    """The per-level widths that keep ``ratio`` of each level's channels (at least one)."""
+    check_ratio(ratio)
+    return [max(1, round(c * ratio)) for c in channels]
+
+
+def count_parameters(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+def pruned_config(cfg: PipelineConfig, ratio: float) -> PipelineConfig:
+    """``cfg`` with ``model.channels`` narrowed by ``ratio`` (validated like any pipeline)."""
+    raw = cfg.to_dict()
+    raw["model"]["channels"] = pruned_widths(list(cfg.model.channels), ratio)
+    return from_dict(raw)
+
+
+class _Entry(torch.nn.Module):
+    """``net`` behind an identity 1x1 convolution (never pruned).
+
+    torch-pruning cannot size a skip concatenation whose input is the raw image (no layer
+    produces it: its dependency graph fails on MONAI's outermost ``SkipConnection``); the
+    identity convolution gives the image a producer with a known channel count.
+    """
+
+    def __init__(self, net: torch.nn.Module, channels: int, spatial_dims: int) -> None:
+        super().__init__()
+        conv = torch.nn.Conv3d if spatial_dims == 3 else torch.nn.Conv2d
+        self.entry = conv(channels, channels, 1, bias=False)
+        with torch.no_grad():
+            self.entry.weight.copy_(torch.eye(channels).reshape(channels, channels, *([1] * spatial_dims)))
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.net(self.entry(x))
+        return out[0] if isinstance(out, list | tuple) else out
+
+
+def prune_network(net: torch.nn.Module, cfg: PipelineConfig, plan: PreprocessingPlan, ratio: float) -> tuple[torch.nn.Module, PipelineConfig]:
+    """(a fresh network of the pruned config holding the kept filters, that config)."""
+    import torch_pruning as tp
+
+    from medseg.training.init_from import layer_roles
+
+    if cfg.model.name not in PRUNABLE:
+        raise ValueError(
+            f"model.name {cfg.model.name}: medseg prune supports {list(PRUNABLE)}; distil this run into a smaller "
+            "network instead, or train a narrower model.channels"
+        )
+    n_in, n_out = in_channels(cfg, plan), plan.num_classes
+    target_cfg = pruned_config(cfg, ratio)
+    _, heads = layer_roles(cfg.model, n_in, n_out)
+    work = copy.deepcopy(net).cpu().eval()
+    ignored = list({work.get_submodule(name.rsplit(".", 1)[0]) for name in heads})
+    # A PReLU with one shared slope is channel-free, but torch-pruning cannot size the tensors
+    # around it (its weight reshape has no channel count): out of the graph while pruning.
+    shared = {n: m for n, m in work.named_modules() if isinstance(m, torch.nn.PReLU) and m.num_parameters == 1}
+    for name in shared:
+        work.set_submodule(name, torch.nn.Identity())
+    entry = _Entry(work, n_in, cfg.model.spatial_dims)
+    example = torch.randn(1, n_in, *cfg.data.patch_size)
+    graph = tp.DependencyGraph().build_dependency(entry, example_inputs=example)
+    ignored.append(entry.entry)
+    importance = tp.importance.GroupMagnitudeImportance(p=1)
+    for group in list(graph.get_all_groups(ignored_layers=ignored, root_module_types=(torch.nn.modules.conv._ConvNd,))):
+        scores = importance(group)
+        n = len(scores)
+        drop = n - max(1, round(n * ratio))
+        if drop > 0:
+            dep = group[0].dep
+            idxs = torch.argsort(scores)[:drop].tolist()
+            graph.get_pruning_group(dep.target.module, dep.handler, idxs).prune()
+    for name, module in shared.items():
+        work.set_submodule(name, module)
+    fresh = build_network(target_cfg.model, n_in, n_out)
+    want = {k: v.shape for k, v in fresh.state_dict().items()}
+    got = {k: v.shape for k, v in work.state_dict().items()}
+    wrong = [f"{k}: pruned {tuple(got.get(k, ()))} vs rebuilt {tuple(s)}" for k, s in want.items() if got.get(k) != s]
+    if wrong or set(got) != set(want):
+        raise ValueError(  # a guard: PRUNABLE families pass it
+            f"model.name {cfg.model.name}: pruning does not give the network that model.channels "
+            f"{target_cfg.model.channels} builds ({'; '.join(wrong[:3]) or 'different tensors'}); prune a unet, "
+            "residual_unet (the families whose levels model.channels sets alone)"
+        )
+    fresh.load_state_dict(work.state_dict())
+    return fresh.eval(), target_cfg
+
+
+def save_checkpoint(path: Path, net: torch.nn.Module, cfg: PipelineConfig, plan: PreprocessingPlan) -> None:
+    """A medseg checkpoint (config, plan, ``net.*`` weights) that :func:`load_network` rebuilds."""
+    state = {f"net.{k}": v for k, v in net.state_dict().items()}
+    with atomic_path(path) as tmp:
+        torch.save({"hyper_parameters": {"config": cfg.to_dict(), "plan": asdict(plan)}, "state_dict": state}, str(tmp))
+
+
+def prune_run(model: Path | str, data: Path | str | None, output: Path | str, ratio: float,
+              finetune_minutes: float = 10.0) -> dict[str, Any]:
+    """Prune the best network of ``model`` into the run directory ``output``; returns the report.
+
+    ``finetune_minutes`` > 0 fine-tunes on ``data`` (a manifest) for that long; 0 writes the
+    pruned weights as they are (``checkpoints/best.ckpt``).
+    """
+    check_ratio(ratio)
+    if finetune_minutes < 0:
+        raise ValueError(f"--finetune-minutes {finetune_minutes}: expected minutes >= 0 (0: no fine-tuning)")
+    if finetune_minutes > 0 and (data is None or not Path(data).is_file()):
+        raise ValueError(f"--data {data}: fine-tuning needs the training manifest file; pass --data MANIFEST")
+    output = Path(output)
+    if (output / "checkpoints").exists():
+        raise FileExistsError(f"{output}: already holds a run; choose a new --output")
+    source = best_checkpoint(model)
+    net, cfg, plan = load_network(source, "cpu")
+    pruned, cfg2 = prune_network(net, cfg, plan, ratio)
+    report: dict[str, Any] = {
+        "source": str(Path(source).resolve()), "ratio": ratio, "channels": list(cfg.model.channels),
+        "pruned_channels": list(cfg2.model.channels), "parameters": count_parameters(net),
+        "pruned_parameters": count_parameters(pruned), "importance": "L1 norm of each channel group (torch-pruning)",
+        "finetune_minutes": finetune_minutes,
+    }
+    output.mkdir(parents=True, exist_ok=True)
+    if finetune_minutes == 0:
+        from medseg.config import dump
+
+        save_checkpoint(output / "checkpoints" / "best.ckpt", pruned, cfg2, plan)
+        dump(cfg2, output / "config.yaml")
+        plan.save(output / "preprocessing.json")
+    else:
+        from medseg.training.run import train
+
+        save_checkpoint(output / INIT_FILE, pruned, cfg2, plan)
+        raw = cfg2.to_dict()
+        raw["init_from"] = str(output / INIT_FILE)
+        raw["data"]["manifest"] = str(data)
+        raw["trainer"]["max_time_minutes"] = finetune_minutes
+        result = train(from_dict(raw), output)
+        report["finetuned_best_checkpoint"] = str(result.best_checkpoint)
+        report["finetuned_best_score"] = result.best_val_dice
+    atomic_write_text(output / REPORT, json.dumps(report, indent=2))
+    return report
