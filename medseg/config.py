@@ -164,6 +164,28 @@ class TrainerConfig:
 
 
 @dataclass
+class CrfConfig:
+    """3D fully connected CRF on the network-grid probabilities (:mod:`medseg.inference.crf`)."""
+
+    enabled: bool = False
+    structures: list[str] = field(default_factory=list)
+    """Structure names refined; empty: every structure."""
+    iterations: int = 5
+    spatial_sigma_mm: float = 1.0
+    """Smoothness (Gaussian) kernel width, mm."""
+    spatial_weight: float = 1.0
+    bilateral_sigma_mm: float = 5.0
+    """Appearance (bilateral) kernel width in space, mm."""
+    bilateral_sigma_intensity: float = 1.0
+    """Appearance kernel width in intensity, in the normalised units of the network input."""
+    bilateral_weight: float = 5.0
+    margin_mm: float = 10.0
+    """Margin around each structure's bounding box, mm."""
+    max_voxels: int = 2_000_000
+    """Larger boxes are refined on a coarser grid (integer downsampling) to bound memory."""
+
+
+@dataclass
 class InferenceConfig:
     overlap: float = 0.5
     sw_batch_size: int = 4
@@ -174,6 +196,7 @@ class InferenceConfig:
     min_component_ml: dict[str, float] = field(default_factory=dict)
     """Structure name -> remove islands smaller than this volume (mL)."""
     fill_holes: list[str] = field(default_factory=list)
+    crf: CrfConfig = field(default_factory=CrfConfig)
 
 
 @dataclass
@@ -382,6 +405,11 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
     if not 0.0 <= cfg.inference.overlap < 1.0:
         raise ConfigError(f"inference.overlap: {cfg.inference.overlap} is not in [0, 1)")
     _positive("inference.sw_batch_size", cfg.inference.sw_batch_size)
+    crf = cfg.inference.crf
+    for key in ("iterations", "spatial_sigma_mm", "bilateral_sigma_mm", "bilateral_sigma_intensity", "max_voxels"):
+        _positive(f"inference.crf.{key}", getattr(crf, key))
+    for key in ("spatial_weight", "bilateral_weight", "margin_mm"):
+        _positive(f"inference.crf.{key}", getattr(crf, key), allow_zero=True)
     return cfg
 
 

@@ -58,6 +58,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", choices=("auto", "test", "training", "all"), default="auto",
                    help="manifest input: which cases (auto: test cases, else training cases)")
     p.add_argument("--no-postprocess", action="store_true", help="skip the configured post-processing")
+    p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
+                   help="3D fully connected CRF on the probabilities, per structure in its bounding box "
+                        "(inference.crf.* settings; default: the config's inference.crf.enabled)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -74,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     spec = PredictorSpec(
         models=list(args.model), device=args.device, tta=args.tta, overlap=args.overlap,
-        sw_batch_size=args.sw_batch_size, postprocess=not args.no_postprocess,
+        sw_batch_size=args.sw_batch_size, postprocess=not args.no_postprocess, crf=args.crf,
     )
     try:
         predictor = Predictor.from_spec(spec)
