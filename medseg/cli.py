@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-COMMANDS = ("synth", "check", "plan", "train", "predict", "evaluate", "export")
+COMMANDS = ("synth", "check", "plan", "train", "predict", "evaluate", "export", "tune_postprocess")
 
 
 def build_parser() -> argparse.ArgumentParser:

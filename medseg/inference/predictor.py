@@ -29,6 +29,7 @@ from medseg.data.preprocess import PreparedCase, PreprocessingPlan, prepare_case
 from medseg.inference.crf import crf_settings, grid_spacing, refine_probabilities
 from medseg.inference.geometry import labels_to_input, resample_argmax
 from medseg.inference.postprocess import PostprocessSpec, postprocess, resolve_spec
+from medseg.inference.tuned import with_tuned
 from medseg.inference.window import predict_probabilities
 
 
@@ -139,6 +140,9 @@ class Predictor:
             torch.set_num_threads(spec.threads)
         device = resolve_device(spec.device)
         loaded = [load_model(m, device) for m in spec.models]
+        if spec.postprocess:  # RUN_DIR/postprocessing.json (medseg tune-postprocess), where present
+            first, first_plan = loaded[0]
+            loaded[0] = (dataclasses.replace(first, cfg=with_tuned(first.cfg, spec.models[0])), first_plan)
         plan = loaded[0][1]
         for (_, other), path in zip(loaded[1:], spec.models[1:], strict=True):
             _check_same_plan(plan, other, spec.models[0], path)
