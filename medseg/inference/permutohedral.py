@@ -49,6 +49,7 @@ class Lattice:
             elevated[:, k] = running - k * cf[:, k - 1]
             running = running + cf[:, k - 1]
         elevated[:, 0] = running
+        del feats, cf, running
         # nearest remainder-0 lattice point and the simplex ranks
         rem0 = torch.round(elevated / (d + 1)) * (d + 1)
         total = torch.round(rem0.sum(1) / (d + 1)).to(torch.int64)
@@ -68,19 +69,28 @@ class Lattice:
         bary.scatter_add_(1, d + 1 - rank, -delta)
         bary[:, 0] += 1.0 + bary[:, d + 1]
         self.weights = bary[:, : d + 1].to(torch.float32)  # (N, d+1)
-        # vertex k of the simplex: rem0 + k, minus (d + 1) where rank > d - k; keep d coords
-        rem0_i = rem0.to(torch.int64)
-        ks = torch.arange(d + 1)
-        keys = rem0_i[:, None, :] + ks[None, :, None] - (d + 1) * (rank[:, None, :] > d - ks[None, :, None])
-        keys = keys[..., :d].reshape(-1, d)
-        encode = _encoder(keys, d)
-        table, inverse = torch.unique(encode(keys), return_inverse=True)  # sorted 1D: fast
+        del elevated, diff, order, delta, bary, low, high
+        # vertex k of the simplex: rem0 + k, minus (d + 1) where rank > d - k; d coords kept
+        # (they sum to 0). One vertex at a time: (N, d) keys, never (N, d+1, d).
+        rem0_i = rem0[:, :d].to(torch.int64)
+        rank = rank[:, :d]
+        del rem0
+
+        def vertex(points: torch.Tensor | slice, k: torch.Tensor | int) -> torch.Tensor:
+            kk = k if isinstance(k, int) else k[:, None]
+            return rem0_i[points] + kk - (d + 1) * (rank[points] > d - kk).to(torch.int64)
+
+        encode = _encoder(rem0_i.min(0).values - (d + 1), rem0_i.max(0).values + d, d)
+        codes = torch.stack([encode(vertex(slice(None), k)) for k in range(d + 1)], 1)  # (N, d+1)
+        table, inverse = torch.unique(codes.reshape(-1), return_inverse=True)  # sorted 1D: fast
+        del codes
         self.index = inverse.reshape(n, d + 1)  # (N, d+1) vertex ids
         self.m = table.shape[0]
         first = torch.empty(self.m, dtype=torch.int64)
         first.scatter_(0, inverse, torch.arange(inverse.numel()))  # one occurrence per vertex
-        coords = keys[first]
-        del keys, first
+        del inverse
+        coords = vertex(first // (d + 1), first % (d + 1))  # (M, d) integer coordinates
+        del first, rem0_i, rank
         # neighbours along each of the d + 1 lattice axes (index m: not in the lattice)
         self.neighbours: list[tuple[torch.Tensor, torch.Tensor]] = []
         for axis in range(d + 1):
@@ -104,12 +114,13 @@ class Lattice:
         return out
 
 
-def _encoder(keys: torch.Tensor, d: int) -> Callable[[torch.Tensor], torch.Tensor]:
-    """One int64 per lattice point: exact mixed radix when the coordinate ranges (padded for
-    the neighbours) fit in 62 bits, else a 64-bit multiplicative hash (a collision, with
-    probability ~ M^2 / 2^64, would merge two far-apart vertices)."""
-    lo = keys.min(0).values - (d + 1)
-    span = keys.max(0).values - lo + (d + 2)
+def _encoder(low: torch.Tensor, high: torch.Tensor, d: int) -> Callable[[torch.Tensor], torch.Tensor]:
+    """One int64 per lattice point with coordinates in [low, high] (padded by the caller for
+    the vertices; padded here by d + 1 for the blur neighbours): exact mixed radix when that
+    fits in 62 bits, else a 64-bit multiplicative hash (a collision, with probability about
+    M^2 / 2^64 for M vertices, would merge two far-apart vertices)."""
+    lo = low - (d + 1)
+    span = high - lo + (d + 2)
     total = 1
     for s in span.tolist():
         total *= int(s)
