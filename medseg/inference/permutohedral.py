@@ -90,7 +90,7 @@ class Lattice:
         first.scatter_(0, inverse, torch.arange(inverse.numel()))  # one occurrence per vertex
         del inverse
         coords = vertex(first // (d + 1), first % (d + 1))  # (M, d) integer coordinates
-        del first, rem0_i, rank
+        del first
         # neighbours along each of the d + 1 lattice axes (index m: not in the lattice)
         self.neighbours: list[tuple[torch.Tensor, torch.Tensor]] = []
         for axis in range(d + 1):
