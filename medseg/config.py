@@ -174,11 +174,11 @@ class CrfConfig:
     spatial_sigma_mm: float = 1.0
     """Smoothness (Gaussian) kernel width, mm."""
     spatial_weight: float = 1.0
-    bilateral_sigma_mm: float = 5.0
+    bilateral_sigma_mm: float = 3.0
     """Appearance (bilateral) kernel width in space, mm."""
     bilateral_sigma_intensity: float = 1.0
     """Appearance kernel width in intensity, in the normalised units of the network input."""
-    bilateral_weight: float = 5.0
+    bilateral_weight: float = 2.0
     margin_mm: float = 10.0
     """Margin around each structure's bounding box, mm."""
     max_voxels: int = 1_000_000

@@ -50,7 +50,7 @@ DEFAULT_MARGIN = 0.002
 """Minimum gain in mean validation Dice for a step to be kept."""
 CRF_GRID: tuple[dict[str, float], ...] = (
     {},
-    {"bilateral_weight": 3.0},
+    {"bilateral_weight": 5.0, "bilateral_sigma_mm": 5.0},
     {"bilateral_sigma_intensity": 0.5},
 )
 """CRF parameter sets tried (changes from :class:`CrfConfig`'s defaults)."""
