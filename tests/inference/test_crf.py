@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -122,3 +123,24 @@ def test_structures_and_config_validation() -> None:
     assert cfg.inference.crf.enabled and cfg.inference.crf.iterations == 3
     with pytest.raises(ConfigError, match=r"inference\.crf\.spatial_sigma_mm"):
         from_dict({"inference": {"crf": {"spatial_sigma_mm": 0}}})
+
+
+def test_predict_crf_option_turns_the_crf_on(tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import medseg.inference.predictor as predictor_module
+    from medseg.cli import main
+    from tests.inference.inference_helpers import save_nifti
+
+    calls: list[int] = []
+    original = predictor_module.refine_probabilities
+
+    def counting(*args: object, **kwargs: object) -> torch.Tensor:
+        calls.append(1)
+        return original(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(predictor_module, "refine_probabilities", counting)
+    rng = np.random.default_rng(0)
+    save_nifti(tmp_path / "in" / "case.nii.gz", rng.normal(size=(20, 18, 16)).astype(np.float32), np.eye(4))
+    base = ["predict", "--model", str(checkpoint), "--input", str(tmp_path / "in"), "--quiet"]
+    assert main([*base, "--output", str(tmp_path / "plain")]) == 0 and calls == []
+    assert main([*base, "--output", str(tmp_path / "crf"), "--crf"]) == 0 and calls == [1]
+    assert (tmp_path / "crf" / "case.nii.gz").is_file()
