@@ -13,7 +13,8 @@ import sys
 
 from medseg.logs import add_verbosity_options, level_from_args, setup_logging
 
-COMMANDS = ("synth", "check", "plan", "pretrain", "train", "predict", "evaluate", "export", "prune", "distill")
+COMMANDS = ("synth", "check", "plan", "pretrain", "train", "predict", "evaluate", "export", "prune", "distill",
+            "tune_postprocess")
 
 
 def build_parser() -> argparse.ArgumentParser:

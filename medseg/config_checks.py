@@ -110,6 +110,11 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
     if not 0.0 <= cfg.inference.overlap < 1.0:
         raise ConfigError(f"inference.overlap: {cfg.inference.overlap} is not in [0, 1)")
     _positive("inference.sw_batch_size", cfg.inference.sw_batch_size)
+    crf = cfg.inference.crf
+    for key in ("iterations", "spatial_sigma_mm", "bilateral_sigma_mm", "bilateral_sigma_intensity", "max_voxels"):
+        _positive(f"inference.crf.{key}", getattr(crf, key))
+    for key in ("spatial_weight", "bilateral_weight", "margin_mm"):
+        _positive(f"inference.crf.{key}", getattr(crf, key), allow_zero=True)
     _validate_limited_labels(cfg)
     from medseg.models.options import check_model_options  # torch-free; imports this module
 

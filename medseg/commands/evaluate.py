@@ -71,6 +71,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "diagonal); see medseg/evaluation/CONVENTIONS.md")
     p.add_argument("--group-by", metavar="COLUMN",
                    help="manifest metadata column (e.g. site, scanner) for subgroup tables")
+    p.add_argument("--baseline", metavar="DIR",
+                   help="a second prediction folder (e.g. without CRF) evaluated into OUTPUT/baseline and "
+                        "compared case by case: OUTPUT/comparison.csv, paired Dice/HD95 differences "
+                        "with 95%% CIs")
     p.set_defaults(func=run)
 
 
@@ -94,6 +98,26 @@ def run(args: argparse.Namespace) -> int:
     except EvaluationInputError as err:
         print(f"medseg evaluate: error: {err}", file=sys.stderr)
         return 2
+    if args.baseline:
+        from pathlib import Path
+
+        from medseg.evaluation.compare import write_comparison
+
+        try:
+            evaluate(
+                args.baseline, args.ref, Path(args.output) / "baseline", labels=args.labels,
+                nsd_tolerance=tolerance, workers=args.workers, empty_policy=args.empty_policy,
+                resample_pred=args.resample_pred, group_by=args.group_by, progress=sys.stderr.isatty(),
+            )
+        except EvaluationInputError as err:
+            print(f"medseg evaluate: error: --baseline {args.baseline}: {err}", file=sys.stderr)
+            return 2
+        comparison = write_comparison(args.output, args.baseline)
+        print(f"compared with the baseline {args.baseline}: comparison.csv (prediction - baseline)")
+        for row in comparison["rows"]:
+            if row["metric"] == "dice" and row["n"]:
+                print(f"  {row['structure']}: Dice {row['mean_diff']:+.4f} "
+                      f"[{row['ci95_low']:+.4f}, {row['ci95_high']:+.4f}] (n={row['n']})")
     cases = summary["cases"]
     print(f"evaluated {cases['evaluated']} cases; wrote metrics.csv, cases.csv, summary.json, "
           f"report.html and report.md to {args.output}")

@@ -64,6 +64,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--preview", action="store_true",
                    help="OUTPUT/previews/<case>.png (three slices with the label overlay) and OUTPUT/index.html "
                    "(the batch on one page: previews, status, QA flags); also OUTPUT/qa.csv")
+    p.add_argument("--crf", action=argparse.BooleanOptionalAction, default=None,
+                   help="3D fully connected CRF on the probabilities, per structure in its bounding box "
+                        "(inference.crf.* settings; default: the config's inference.crf.enabled)")
     p.set_defaults(func=run)
 
 
@@ -80,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     spec = PredictorSpec(
         models=list(args.model), device=args.device, tta=args.tta, overlap=args.overlap,
-        sw_batch_size=args.sw_batch_size, postprocess=not args.no_postprocess,
+        sw_batch_size=args.sw_batch_size, postprocess=not args.no_postprocess, crf=args.crf,
     )
     try:
         predictor = Predictor.from_spec(spec)

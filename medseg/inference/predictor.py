@@ -26,8 +26,10 @@ import torch
 from medseg.config import PipelineConfig
 from medseg.data.io import Volume
 from medseg.data.preprocess import PreparedCase, PreprocessingPlan, prepare_case
+from medseg.inference.crf import crf_settings, grid_spacing, refine_probabilities
 from medseg.inference.geometry import labels_to_input, resample_argmax
 from medseg.inference.postprocess import PostprocessSpec, postprocess, resolve_spec
+from medseg.inference.tuned import with_tuned
 from medseg.inference.window import predict_probabilities
 
 
@@ -52,6 +54,8 @@ class PredictorSpec:
     postprocess: bool = True
     threads: int | None = None
     """torch intra-op threads (None: torch's default)."""
+    crf: bool | None = None
+    """Force the CRF on/off (None: the config's ``inference.crf.enabled``)."""
 
 
 def resolve_device(device: str | None) -> str:
@@ -89,7 +93,9 @@ class Predictor:
 
     ``tta``/``overlap``/``sw_batch_size``: override the checkpoints' ``inference``
     settings (None keeps each member's own). ``apply_postprocess``: run the configured
-    per-structure post-processing. Usually built with :meth:`from_checkpoints`:
+    per-structure post-processing (and the configured CRF). ``crf``: force the CRF on the
+    network-grid probabilities on or off (None: ``inference.crf.enabled``). Usually built with
+    :meth:`from_checkpoints`:
 
     >>> import tempfile
     >>> from pathlib import Path
@@ -123,6 +129,7 @@ class Predictor:
         overlap: float | None = None,
         sw_batch_size: int | None = None,
         apply_postprocess: bool = True,
+        crf: bool | None = None,
     ) -> None:
         if not models:
             raise ValueError("Predictor needs at least one model")
@@ -136,6 +143,7 @@ class Predictor:
         self.post: PostprocessSpec = (
             resolve_spec(self.models[0].cfg.inference, plan.labels) if apply_postprocess else PostprocessSpec()
         )
+        self.crf = crf_settings(self.models[0].cfg.inference.crf, plan.labels, apply_postprocess, crf)
 
     @staticmethod
     def _override(cfg: PipelineConfig, tta: bool | None, overlap: float | None, sw: int | None) -> PipelineConfig:
@@ -155,10 +163,14 @@ class Predictor:
             torch.set_num_threads(spec.threads)
         device = resolve_device(spec.device)
         loaded = [load_model(m, device) for m in spec.models]
+        if spec.postprocess:  # RUN_DIR/postprocessing.json (medseg tune-postprocess), where present
+            first, first_plan = loaded[0]
+            loaded[0] = (dataclasses.replace(first, cfg=with_tuned(first.cfg, spec.models[0])), first_plan)
         plan = loaded[0][1]
         for (_, other), path in zip(loaded[1:], spec.models[1:], strict=True):
             _check_same_plan(plan, other, spec.models[0], path)
-        predictor = cls([m for m, _ in loaded], plan, spec.tta, spec.overlap, spec.sw_batch_size, spec.postprocess)
+        predictor = cls([m for m, _ in loaded], plan, spec.tta, spec.overlap, spec.sw_batch_size, spec.postprocess,
+                        spec.crf)
         predictor.spec = spec
         return predictor
 
@@ -215,6 +227,8 @@ class Predictor:
         """
         prepared = self.prepare(image, affine)
         probs = self.probabilities(prepared)
+        if self.crf.enabled:
+            refine_probabilities(probs, prepared.image, grid_spacing(prepared.affine), self.crf, self.plan.labels)
         prepared.image = np.empty(0, dtype=np.float32)  # free the network-grid image early
         crop_shape = tuple(s.stop - s.start for s in prepared.bbox)
         dtype = np.uint8 if self.num_classes <= 256 else np.uint16

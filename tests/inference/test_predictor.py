@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from medseg.config import CrfConfig
 from medseg.data.preprocess import PreprocessingPlan
 from medseg.inference.predictor import LoadedModel, Predictor
 from tests.inference.inference_helpers import (
@@ -161,3 +162,36 @@ def test_configured_postprocessing_is_applied_by_structure_name() -> None:
     assert labels[21, 6, 6] == 0 and labels[3, 3, 3] == 1
     with pytest.raises(ValueError, match="'organ' is not one of the model's structures"):
         Predictor([LoadedModel(ThresholdNet(50.0).eval(), tiny_config(fill_holes=["organ"]))], plan)
+
+
+def test_crf_runs_on_the_network_grid_when_enabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``inference.crf.enabled`` (or ``crf=True``) refines the network-grid probabilities with
+    the network-grid image and its spacing; ``apply_postprocess=False`` turns the config's
+    CRF off, ``crf=True`` wins over both."""
+    import medseg.inference.predictor as predictor_module
+
+    calls: list[tuple[tuple[int, ...], tuple[int, ...], tuple[float, ...]]] = []
+
+    def recording(probs: torch.Tensor, image: np.ndarray, spacing: tuple[float, ...], cfg: object,
+                  labels: object) -> torch.Tensor:
+        calls.append((tuple(probs.shape), tuple(image.shape), tuple(spacing)))
+        return probs
+
+    monkeypatch.setattr(predictor_module, "refine_probabilities", recording)
+    shape, affine = (30, 20, 20), np.diag([1.0, 1.0, 1.0, 1.0])
+    image = np.zeros(shape, np.float32)
+    image[2:12, 2:12, 2:12] = 100.0
+    plan = PreprocessingPlan(target_spacing=[2.0, 1.0, 1.0], normalization="none",
+                             labels={"background": 0, "object": 1}, crop_foreground=False)
+    net = ThresholdNet(50.0).eval()
+    Predictor([LoadedModel(net, tiny_config())], plan).predict_array(image, affine)
+    assert calls == []  # off by default
+    on = tiny_config(crf=CrfConfig(enabled=True))
+    Predictor([LoadedModel(net, on)], plan).predict_array(image, affine)
+    assert calls == [((2, 15, 20, 20), (1, 15, 20, 20), (2.0, 1.0, 1.0))]
+    Predictor([LoadedModel(net, on)], plan, apply_postprocess=False).predict_array(image, affine)
+    assert len(calls) == 1
+    Predictor([LoadedModel(net, tiny_config())], plan, apply_postprocess=False, crf=True).predict_array(image, affine)
+    assert len(calls) == 2
+    with pytest.raises(ValueError, match=r"inference\.crf\.structures: 'organ' is not one of"):
+        Predictor([LoadedModel(net, tiny_config(crf=CrfConfig(enabled=True, structures=["organ"])))], plan)

@@ -1,0 +1,124 @@
+"""Choosing the post-processing on validation cases: hand-made probabilities with known best
+steps, and the whole command on a tiny trained phantom run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from medseg.inference.tuning import ValidationCase, member_runs, tune
+
+LABELS = {"background": 0, "organ": 1, "lesion": 2}
+
+
+def _ball(shape: tuple[int, int, int], centre: tuple[int, int, int], radius: float) -> np.ndarray:
+    x, y, z = np.meshgrid(*[np.arange(s) for s in shape], indexing="ij")
+    return np.asarray((x - centre[0]) ** 2 + (y - centre[1]) ** 2 + (z - centre[2]) ** 2 < radius**2)
+
+
+def _case(i: int, island: bool, hole: bool) -> ValidationCase:
+    """Organ: a ball (reference) predicted with a planted spurious island far away, and a
+    3x3x3-voxel hole; lesion: a small ball predicted exactly. Image: a clear edge."""
+    shape = (28, 28, 28)
+    organ = _ball(shape, (10, 10, 10), 6 + i % 2)
+    lesion = _ball(shape, (21, 21, 21), 3)
+    label = np.zeros(shape, np.uint8)
+    label[organ] = 1
+    label[lesion] = 2
+    pred = label.copy()
+    if island:
+        pred[20:23, 3:6, 3:6] = 1
+    if hole:
+        pred[9:12, 9:12, 9:12] = 0
+    probs = torch.zeros(3, *shape)
+    for k in range(3):
+        probs[k] = torch.from_numpy((pred == k).astype(np.float32)) * 0.8 + 0.1
+    image = (2.0 * (label > 0)).astype(np.float32)[None]
+    return ValidationCase(f"case_{i}", probs.to(torch.float16), image, label, (1.0, 1.0, 1.0))
+
+
+def test_planted_island_and_hole_are_cleaned_and_nothing_else_is_chosen() -> None:
+    cases = [_case(i, island=i < 3, hole=True) for i in range(4)]
+    result = tune(cases, LABELS, margin=0.002, crf_grid=())
+    organ, lesion = result["structures"]["organ"], result["structures"]["lesion"]
+    assert organ["components"] in ("largest_component",) or organ["components"].startswith("islands_below")
+    assert organ["fill_holes"] is True
+    assert organ["dice_after"] == pytest.approx(1.0) and organ["dice_before"] < 0.98
+    # exact prediction: no step can gain the margin, so nothing is kept
+    assert lesion["components"] == "none" and lesion["fill_holes"] is False and lesion["crf"] is False
+    assert lesion["dice_after"] == lesion["dice_before"] == pytest.approx(1.0)
+    inference = result["inference"]
+    assert inference["fill_holes"] == ["organ"] and "crf" not in inference
+    assert inference["keep_largest_component"] == ["organ"] or set(inference["min_component_ml"]) == {"organ"}
+
+
+def test_margin_keeps_steps_that_gain_too_little() -> None:
+    cases = [_case(i, island=False, hole=True) for i in range(2)]  # 27 voxels: a gain of about 0.01
+    gain = tune(cases, LABELS, margin=0.0, crf_grid=())["structures"]["organ"]
+    assert gain["fill_holes"] is True
+    strict = tune(cases, LABELS, margin=0.05, crf_grid=())["structures"]["organ"]
+    assert strict["fill_holes"] is False and strict["dice_after"] == strict["dice_before"]
+
+
+def test_crf_is_chosen_where_it_helps() -> None:
+    """Noisy probabilities around a ball with a clear image edge: the CRF raises Dice."""
+    rng = np.random.default_rng(0)
+    shape = (28, 28, 28)
+    cases = []
+    for i in range(2):
+        truth = _ball(shape, (14, 14, 14), 7)
+        logit = np.where(truth, 1.0, -1.0) + rng.normal(0, 1.5, shape)
+        p = torch.from_numpy((1 / (1 + np.exp(-logit))).astype(np.float32))
+        probs = torch.stack([1 - p, p]).to(torch.float16)
+        image = (2.0 * truth + rng.normal(0, 0.3, shape)).astype(np.float32)[None]
+        cases.append(ValidationCase(f"c{i}", probs, image, truth.astype(np.uint8), (1.0, 1.0, 1.0)))
+    result = tune(cases, {"background": 0, "ball": 1}, crf_grid=({},))
+    ball = result["structures"]["ball"]
+    assert ball["crf"] is True and ball["dice_after"] > ball["dice_before"] + 0.3
+    assert result["inference"]["crf"]["enabled"] is True and result["inference"]["crf"]["structures"] == ["ball"]
+
+
+def test_member_runs(tmp_path: Path) -> None:
+    (tmp_path / "run").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no config\.yaml"):
+        member_runs(tmp_path / "run")
+    for k in (1, 0):
+        (tmp_path / "run" / f"fold_{k}").mkdir()
+        (tmp_path / "run" / f"fold_{k}" / "config.yaml").write_text("{}\n")
+    assert [p.name for p in member_runs(tmp_path / "run")] == ["fold_0", "fold_1"]
+
+
+@pytest.mark.slow
+def test_tune_postprocess_command_on_a_tiny_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from medseg.cli import main
+    from medseg.inference.predictor import Predictor
+
+    data, run = tmp_path / "data", tmp_path / "run"
+    assert main(["synth", "--output", str(data), "--cases", "5", "--seed", "1"]) == 0
+    pipeline = tmp_path / "tiny.yaml"
+    pipeline.write_text(
+        "data:\n  patch_size: [16, 16, 16]\n  target_spacing: [4.0, 4.0, 4.0]\n"
+        "model:\n  channels: [4, 8]\n"
+        "trainer:\n  max_epochs: 1\n  steps_per_epoch: 2\n  val_every_n_epochs: 1\n  progress_bar: false\n"
+        "  accelerator: cpu\n"
+    )
+    assert main(["train", str(pipeline), "--data", str(data / "dataset.json"), "--output", str(run)]) == 0
+    assert main(["tune-postprocess", "--model", str(run), "--device", "cpu"]) == 0
+    tuned = json.loads((run / "postprocessing.json").read_text())
+    val = json.loads((run / "split.json").read_text())["val"]
+    assert tuned["cases"] == sorted(val) or sorted(tuned["cases"]) == sorted(val)
+    assert set(tuned["structures"]) == {"organ", "lesion", "vessel"}
+    for entry in tuned["structures"].values():
+        assert set(entry["trials"]) >= {"none", "crf_0", "largest_component", "fill_holes"}
+        if entry["dice_before"] is not None:
+            assert entry["dice_after"] >= entry["dice_before"]
+    assert "tuned on" in capsys.readouterr().out
+    # the tuned choice is what predict applies; --no-postprocess skips it
+    (run / "postprocessing.json").write_text(json.dumps(tuned | {"inference": {"fill_holes": ["organ"]}}))
+    with_tuned = Predictor.from_checkpoints([run], "cpu")
+    assert with_tuned.post.fill_holes == [1]
+    assert Predictor.from_checkpoints([run], "cpu", postprocess=False).post.fill_holes == []
