@@ -11,7 +11,8 @@ Outputs in ``output_dir``:
   distances in mm, volumes in mL; empty cells are NaN);
 * ``cases.csv``: one row per case (status, per-case metrics, problems), unmatched and
   failed cases included;
-* ``confusion_matrices.json``: per case, rows = reference, columns = prediction;
+* ``confusion_matrices.json``: per case and pooled over the cases, rows = reference,
+  columns = prediction;
 * ``summary.json``: settings, per-structure aggregates, subgroups, worst cases, problems;
 * ``report.html`` (self-contained) and ``report.md``.
 """
@@ -52,8 +53,9 @@ from medseg.evaluation.inputs import (
     resolve_tolerances,
 )
 from medseg.evaluation.metrics import CASE_METRICS, COLUMNS, StructureMetrics, add_absent_structures
-from medseg.evaluation.plots import overlay_figure, structure_plots
+from medseg.evaluation.plots import confusion_heatmap, overlay_figure, structure_plots
 from medseg.evaluation.policy import EmptyPolicy, get_empty_policy
+from medseg.evaluation.pooled import pooled_summary
 from medseg.evaluation.report import fmt, render_html, render_markdown
 from medseg.utils import atomic_write_text
 
@@ -246,6 +248,8 @@ def _summary(inputs: EvaluationInputs, outcomes: Sequence[CaseOutcome], rows: Se
             "resampled": [o.name for o in outcomes if o.resampled],
         },
         "structures": structure_summary(rows, structures, n_boot=n_boot, seed=seed),
+        "pooled": pooled_summary([o.metrics.confusion for o in outcomes if o.metrics is not None],
+                                 ["background", *(structures[i] for i in sorted(structures))]),
         "case_metrics": {m: describe([v[m] for v in case_values.values()], n_boot, seed) for m in CASE_METRICS},
         "worst_cases": worst,
         "worst_structures_per_case": worst_by_case,
@@ -269,10 +273,14 @@ def _write_outputs(out: Path, summary: dict[str, Any], rows: Sequence[StructureM
         "rows": "reference", "columns": "prediction",
         "classes": ["background", *(structures[i] for i in sorted(structures))],
         "cases": {o.name: np.asarray(o.metrics.confusion).tolist() for o in outcomes if o.metrics},
+        "pooled": summary["pooled"]["confusion"],
     }
     atomic_write_text(out / "confusion_matrices.json", json.dumps(confusion) + "\n")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     atomic_write_text(out / "report.md", render_markdown(summary))
     plots = structure_plots(rows, structures)
+    heatmap = confusion_heatmap(np.asarray(summary["pooled"]["confusion"]), summary["pooled"]["classes"])
+    if heatmap is not None:
+        plots["confusion"] = heatmap
     overlays = _overlays({c.name: c for c in inputs.cases}, summary["worst_cases"], resample_pred)
     atomic_write_text(out / "report.html", render_html(summary, plots, overlays))
