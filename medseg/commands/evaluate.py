@@ -61,7 +61,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nsd-tolerance", action="append", metavar="MM|STRUCTURE=MM",
                    help="NSD and boundary tolerance in mm (default 1.0); repeat STRUCTURE=MM for "
                         "per-structure tolerances, e.g. --nsd-tolerance 1 --nsd-tolerance liver=2.5")
-    p.add_argument("--workers", type=int_at_least(1), default=1, help="worker processes (default: 1)")
+    p.add_argument("--workers", type=int_at_least(1), default=None,
+                   help="worker processes for the cases and the report's figures (default: one per "
+                        "available CPU core, at most one per case)")
     p.add_argument("--resample-pred", action="store_true",
                    help="resample a prediction whose grid differs from the reference's (nearest "
                         "neighbour) instead of failing the case")
