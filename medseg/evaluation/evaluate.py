@@ -36,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medseg import __version__
+from medseg.cluster import parse_scheduler
 from medseg.evaluation.aggregate import (
     clean_json,
     describe,
@@ -82,11 +83,21 @@ def _pool(workers: int, n_cases: int) -> ProcessPoolExecutor | None:
 
 
 def _run_cases(cases: Sequence[CaseInput], settings: Settings, pool: ProcessPoolExecutor | None,
-               progress: bool, workers: int = 1) -> list[CaseOutcome]:
+               progress: bool, workers: int = 1, scheduler: str | None = None) -> list[CaseOutcome]:
     bar = tqdm(total=len(cases), desc="evaluate", unit="case", disable=not progress, file=sys.stderr)
     outcomes: dict[str, CaseOutcome] = {}
+
+    def done(index: int, outcome: CaseOutcome) -> None:
+        outcomes[cases[index].name] = outcome
+        bar.update()
+
     try:
-        if pool is None:
+        if scheduler:  # one Dask task per case; a case whose workers died fails with KilledWorker
+            from medseg.cluster import run_tasks
+
+            run_tasks(scheduler, evaluate_case, cases, (settings,), done,
+                      lambda i, err: done(i, _crashed(cases[i], err)))
+        elif pool is None:
             for case in cases:
                 outcomes[case.name] = _safe(case, settings)
                 bar.update()
@@ -163,6 +174,7 @@ def evaluate(
     n_worst: int = 5,
     n_boot: int = 2000,
     seed: int = 0,
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the predictions in ``pred_dir`` against ``ref`` and write every output.
 
@@ -170,7 +182,8 @@ def evaluate(
     structure names (and case metadata) when ``ref`` is a folder. ``nsd_tolerance``: mm, or
     structure name -> mm with an optional ``default``. ``group_by``: a manifest metadata
     column (site, scanner) for subgroup tables. ``workers``: processes for the cases and
-    the report's figures (None: :func:`default_workers`). Returns the summary (as in summary.json);
+    the report's figures (None: :func:`default_workers`); ``scheduler``: a Dask address or
+    ``local:N`` to evaluate one case per Dask task instead (:mod:`medseg.cluster`). Returns the summary (as in summary.json);
     ``summary["problems"]`` lists every problem. Raises :class:`EvaluationInputError` when
     nothing can be evaluated.
     """
@@ -186,11 +199,16 @@ def evaluate(
         )
     tolerance = resolve_tolerances(nsd_tolerance, inputs.structures)
     settings = Settings(inputs.structures, tolerance, policy, resample_pred)
+    if scheduler:
+        try:
+            parse_scheduler(scheduler)
+        except ValueError as err:
+            raise EvaluationInputError(str(err)) from err
     workers = default_workers(len(inputs.cases)) if workers is None else workers
-    pool = _pool(workers, len(inputs.cases))
+    pool = None if scheduler else _pool(workers, len(inputs.cases))
     try:
         return _evaluate_with(pool, inputs, settings, policy, tolerance, pred_dir, ref, labels, output_dir,
-                              workers, resample_pred, group_by, progress, n_worst, n_boot, seed)
+                              workers, resample_pred, group_by, progress, n_worst, n_boot, seed, scheduler)
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
@@ -200,8 +218,8 @@ def _evaluate_with(pool: ProcessPoolExecutor | None, inputs: EvaluationInputs, s
                    policy: EmptyPolicy, tolerance: float | dict[int, float], pred_dir: Path | str,
                    ref: Path | str, labels: Path | str | None, output_dir: Path | str, workers: int,
                    resample_pred: bool, group_by: str | None, progress: bool, n_worst: int, n_boot: int,
-                   seed: int) -> dict[str, Any]:
-    outcomes = _run_cases(inputs.cases, settings, pool, progress, workers)
+                   seed: int, scheduler: str | None = None) -> dict[str, Any]:
+    outcomes = _run_cases(inputs.cases, settings, pool, progress, workers, scheduler)
     structures = inputs.structures or {
         i: f"label_{i}" for i in sorted({i for o in outcomes for i in o.label_ids})
     }
