@@ -153,5 +153,7 @@ def test_fortran_ordered_files_give_the_c_order_metrics(tmp_path: Path) -> None:
     ref_f = np.asfortranarray(_labels())
     r, p, spacing = c_order(ref_f, np.asfortranarray(pred), (1.0, 1.5, 2.0))
     assert r.flags.c_contiguous and r.shape == (8, 9, 10) and spacing == (2.0, 1.5, 1.0)
+    assert np.array_equal(p, pred.T)
     r, p, spacing = c_order(ref_f, pred, (1.0, 1.5, 2.0))  # mixed orders: copied to C order
+    assert p.flags.c_contiguous and np.array_equal(p, pred)
     assert r.flags.c_contiguous and r.shape == (10, 9, 8) and spacing == (1.0, 1.5, 2.0)
