@@ -26,6 +26,7 @@ import math
 import multiprocessing
 import os
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import datetime, timezone
@@ -63,7 +64,11 @@ from medseg.utils import atomic_write_text
 
 def default_workers(n_cases: int) -> int:
     """Worker processes when none are asked for: one per core this process may use, at most
-    one per case (1 when only one core is available)."""
+    one per case (1 when only one core is available). 1 as well when this process already
+    runs other threads or has imported torch (a library caller after training): forking it
+    could deadlock a child on a lock held by another thread; pass ``workers`` to override."""
+    if threading.active_count() > 1 or "torch" in sys.modules:
+        return 1
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
