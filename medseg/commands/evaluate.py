@@ -61,7 +61,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--nsd-tolerance", action="append", metavar="MM|STRUCTURE=MM",
                    help="NSD and boundary tolerance in mm (default 1.0); repeat STRUCTURE=MM for "
                         "per-structure tolerances, e.g. --nsd-tolerance 1 --nsd-tolerance liver=2.5")
-    p.add_argument("--workers", type=int_at_least(1), default=1, help="worker processes (default: 1)")
+    p.add_argument("--workers", type=int_at_least(1), default=None,
+                   help="worker processes for the cases and the report's figures (default: one per "
+                        "available CPU core, at most one per case)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="one task per case on a Dask cluster: tcp://HOST:PORT, or local:N for N local "
+                        "workers (needs medseg[dask])")
     p.add_argument("--resample-pred", action="store_true",
                    help="resample a prediction whose grid differs from the reference's (nearest "
                         "neighbour) instead of failing the case")
@@ -93,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
         summary = evaluate(
             args.pred, args.ref, args.output, labels=args.labels, nsd_tolerance=tolerance,
             workers=args.workers, empty_policy=args.empty_policy, resample_pred=args.resample_pred,
-            group_by=args.group_by, progress=progress_bars(),
+            group_by=args.group_by, progress=progress_bars(), scheduler=args.scheduler,
         )
     except EvaluationInputError as err:
         print(f"medseg evaluate: error: {err}", file=sys.stderr)
@@ -107,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
             evaluate(
                 args.baseline, args.ref, Path(args.output) / "baseline", labels=args.labels,
                 nsd_tolerance=tolerance, workers=args.workers, empty_policy=args.empty_policy,
-                resample_pred=args.resample_pred, group_by=args.group_by, progress=sys.stderr.isatty(),
+                resample_pred=args.resample_pred, group_by=args.group_by, progress=progress_bars(),
+                scheduler=args.scheduler,
             )
         except EvaluationInputError as err:
             print(f"medseg evaluate: error: --baseline {args.baseline}: {err}", file=sys.stderr)

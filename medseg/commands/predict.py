@@ -53,6 +53,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="skip cases whose outputs exist and match the input (default: on)")
     p.add_argument("--workers", type=int_at_least(0), default=0,
                    help="predict N cases in parallel CPU processes (default: 0, in this process)")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="one task per case on a Dask cluster: tcp://HOST:PORT, or local:N for N local "
+                        "workers (needs medseg[dask]; see the README for SLURM)")
     p.add_argument("--overlap", type=_fraction, help="sliding-window overlap (default: the checkpoint's)")
     p.add_argument("--sw-batch-size", type=int_at_least(0), help="windows per forward pass (default: the checkpoint's)")
     p.add_argument("--split", choices=("auto", "test", "training", "all"), default="auto",
@@ -100,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
         extras = for_models(predictor.labels, spec.models, statistics=args.statistics, preview=args.preview)
     results = predict_batch(predictor, cases, output, args.format, args.resume, args.workers, progress_bars(),
-                            extras)
+                            extras, scheduler=args.scheduler)
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "skipped", "failed")}
     print(f"{counts['ok']} predicted, {counts['skipped']} skipped (already done), {counts['failed']} failed "
           f"-> {output} (log: {output / LOG_NAME})")

@@ -91,6 +91,20 @@ def load_pair(case: CaseInput, resample_pred: bool = False) -> tuple[Volume, Vol
     return ref, pred, True
 
 
+def c_order(ref: np.ndarray, pred: np.ndarray, spacing: tuple[float, float, float]
+            ) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:
+    """The two label maps as C-contiguous arrays on one grid, with the spacing (mm) of their axes.
+
+    NIfTI stores voxels in Fortran order, so nibabel returns F-contiguous arrays; copying a
+    512 x 512 x 200 map into C order costs seconds (a strided transpose). Every metric is
+    invariant under a permutation of the axes that permutes the spacing alike, so F-ordered
+    maps are used as their transposes (views, axes Z, Y, X) with the spacing reversed.
+    """
+    if ref.flags.f_contiguous and pred.flags.f_contiguous and not (ref.flags.c_contiguous and pred.flags.c_contiguous):
+        return ref.T, pred.T, (spacing[2], spacing[1], spacing[0])
+    return np.ascontiguousarray(ref), np.ascontiguousarray(pred), spacing
+
+
 def _present(arr: np.ndarray) -> np.ndarray:
     """Voxel count per non-zero label value (index = value; index 0 is not counted)."""
     return np.bincount(arr[arr != 0], minlength=1)  # foreground only: small temporaries
@@ -117,7 +131,7 @@ def evaluate_case(case: CaseInput, settings: Settings) -> CaseOutcome:
         ref, pred, resampled = load_pair(case, settings.resample_pred)
     except CaseError as err:
         return CaseOutcome(case.name, "failed", [str(err)], seconds=time.perf_counter() - start)
-    ref_arr, pred_arr = np.ascontiguousarray(ref.array), np.ascontiguousarray(pred.array)
+    ref_arr, pred_arr, spacing = c_order(ref.array, pred.array, ref.spacing)
     ref_counts, pred_counts = _present(ref_arr), _present(pred_arr)
     ids = sorted(({int(v) for v in np.flatnonzero(ref_counts)} | {int(v) for v in np.flatnonzero(pred_counts)}) - {0})
     problems: list[str] = []
@@ -130,7 +144,7 @@ def evaluate_case(case: CaseInput, settings: Settings) -> CaseOutcome:
     voxel_mm3 = float(abs(np.linalg.det(ref.affine[:3, :3])))
     try:
         metrics = evaluate_arrays(
-            ref_arr, pred_arr, ref.spacing, structures, settings.nsd_tolerance,
+            ref_arr, pred_arr, spacing, structures, settings.nsd_tolerance,
             settings.empty_policy, case=case.name, voxel_volume_mm3=voxel_mm3,
         )
     except (ValueError, MemoryError) as err:

@@ -11,7 +11,8 @@ Outputs in ``output_dir``:
   distances in mm, volumes in mL; empty cells are NaN);
 * ``cases.csv``: one row per case (status, per-case metrics, problems), unmatched and
   failed cases included;
-* ``confusion_matrices.json``: per case, rows = reference, columns = prediction;
+* ``confusion_matrices.json``: per case and pooled over the cases, rows = reference,
+  columns = prediction;
 * ``summary.json``: settings, per-structure aggregates, subgroups, worst cases, problems;
 * ``report.html`` (self-contained) and ``report.md``.
 """
@@ -23,7 +24,9 @@ import io
 import json
 import math
 import multiprocessing
+import os
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from datetime import datetime, timezone
@@ -34,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medseg import __version__
-from medseg.data.io import ImageReadError, read_volume, same_geometry
+from medseg.cluster import parse_scheduler
 from medseg.evaluation.aggregate import (
     clean_json,
     describe,
@@ -43,7 +46,8 @@ from medseg.evaluation.aggregate import (
     worst_cases,
     worst_structures,
 )
-from medseg.evaluation.case import CaseError, CaseOutcome, Settings, evaluate_case, load_pair
+from medseg.evaluation.case import CaseOutcome, Settings, evaluate_case
+from medseg.evaluation.figures import FigureJobs, import_matplotlib
 from medseg.evaluation.inputs import (
     CaseInput,
     EvaluationInputError,
@@ -52,35 +56,68 @@ from medseg.evaluation.inputs import (
     resolve_tolerances,
 )
 from medseg.evaluation.metrics import CASE_METRICS, COLUMNS, StructureMetrics, add_absent_structures
-from medseg.evaluation.plots import overlay_figure, structure_plots
 from medseg.evaluation.policy import EmptyPolicy, get_empty_policy
-from medseg.evaluation.report import fmt, render_html, render_markdown
+from medseg.evaluation.pooled import pooled_summary
+from medseg.evaluation.report import render_html, render_markdown
 from medseg.utils import atomic_write_text
 
 
-def _run_cases(cases: Sequence[CaseInput], settings: Settings, workers: int, progress: bool) -> list[CaseOutcome]:
+def default_workers(n_cases: int) -> int:
+    """Worker processes when none are asked for: one per core this process may use, at most
+    one per case (1 when only one core is available). 1 as well when this process already
+    runs other threads or has imported torch (a library caller after training): forking it
+    could deadlock a child on a lock held by another thread; pass ``workers`` to override."""
+    if threading.active_count() > 1 or "torch" in sys.modules:
+        return 1
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, n_cases))
+
+
+def _pool(workers: int, n_cases: int) -> ProcessPoolExecutor | None:
+    """The process pool for the cases and the report's figures; None for serial work."""
+    if workers <= 1 or n_cases <= 1:
+        return None
+    # fork where available: spawn would re-import the caller's __main__, which breaks
+    # scripts without an ``if __name__ == "__main__"`` guard; the parent holds no
+    # threads or GPU state here (evaluation imports neither torch nor CUDA).
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    return ProcessPoolExecutor(max_workers=min(workers, n_cases), mp_context=multiprocessing.get_context(method))
+
+
+def _run_cases(cases: Sequence[CaseInput], settings: Settings, pool: ProcessPoolExecutor | None,
+               progress: bool, workers: int = 1, scheduler: str | None = None) -> list[CaseOutcome]:
     bar = tqdm(total=len(cases), desc="evaluate", unit="case", disable=not progress, file=sys.stderr)
     outcomes: dict[str, CaseOutcome] = {}
+
+    def done(index: int, outcome: CaseOutcome) -> None:
+        outcomes[cases[index].name] = outcome
+        bar.update()
+
     try:
-        if workers <= 1 or len(cases) <= 1:
+        if scheduler:  # one Dask task per case; a case whose workers died fails with KilledWorker
+            from medseg.cluster import run_tasks
+
+            run_tasks(scheduler, evaluate_case, cases, (settings,), done,
+                      lambda i, err: done(i, _crashed(cases[i], err)))
+        elif pool is None:
             for case in cases:
                 outcomes[case.name] = _safe(case, settings)
                 bar.update()
         else:
-            # fork where available: spawn would re-import the caller's __main__, which breaks
-            # scripts without an ``if __name__ == "__main__"`` guard; the parent holds no
-            # threads or GPU state here (evaluation imports neither torch nor CUDA).
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            ctx = multiprocessing.get_context(method)
-            with ProcessPoolExecutor(max_workers=min(workers, len(cases)), mp_context=ctx) as pool:
-                futures = {pool.submit(evaluate_case, c, settings): c for c in cases}
-                for future in as_completed(futures):
-                    case = futures[future]
-                    try:
-                        outcomes[case.name] = future.result()
-                    except Exception as err:  # a crashed worker fails its case, not the batch
-                        outcomes[case.name] = _crashed(case, err)
-                    bar.update()
+            futures = {pool.submit(evaluate_case, c, settings): c for c in cases}
+            for _ in range(min(workers, len(cases))):
+                pool.submit(import_matplotlib)  # queued after the cases: idle workers get ready to draw
+            import_matplotlib()  # and this process, while the workers compute
+            for future in as_completed(futures):
+                case = futures[future]
+                try:
+                    outcomes[case.name] = future.result()
+                except Exception as err:  # a crashed worker fails its case, not the batch
+                    outcomes[case.name] = _crashed(case, err)
+                bar.update()
     finally:
         bar.close()
     return [outcomes[c.name] for c in cases]
@@ -128,44 +165,13 @@ def _case_rows(inputs_cases: Sequence[CaseInput], outcomes: Sequence[CaseOutcome
     return header, rows
 
 
-def _overlays(cases: Mapping[str, CaseInput], worst: Sequence[Mapping[str, Any]], resample_pred: bool,
-              per_case: int = 2) -> dict[str, list[tuple[str, str]]]:
-    """Overlay figures of the worst structures of the worst cases (re-reads their files)."""
-    out: dict[str, list[tuple[str, str]]] = {}
-    for entry in worst:
-        case = cases[entry["case"]]
-        try:
-            ref, pred, _ = load_pair(case, resample_pred)
-        except CaseError:
-            continue
-        image = None
-        if case.image is not None:
-            try:
-                vol = read_volume(case.image)
-                if same_geometry(vol, ref):
-                    image = vol.array if vol.array.ndim == 3 else vol.array[0]
-            except ImageReadError:
-                image = None
-        figures = []
-        for s in entry["worst_structures"][:per_case]:
-            if s["empty_rule"] == "both_empty" or s["dice"] == 1.0:
-                continue
-            caption = (f"{case.name}: {s['structure']}, Dice {fmt(s['dice'])}, HD95 "
-                       f"{fmt(s['hd95'], 1)} mm; reference green, prediction red")
-            png = overlay_figure(ref.array, pred.array, ref.affine, int(s["label"]), caption, image)
-            if png is not None:
-                figures.append((caption, png))
-        out[case.name] = figures
-    return out
-
-
 def evaluate(
     pred_dir: Path | str,
     ref: Path | str,
     output_dir: Path | str,
     labels: Path | str | None = None,
     nsd_tolerance: float | Mapping[str, float] = 1.0,
-    workers: int = 1,
+    workers: int | None = None,
     empty_policy: str | EmptyPolicy = "nan",
     resample_pred: bool = False,
     group_by: str | None = None,
@@ -173,13 +179,16 @@ def evaluate(
     n_worst: int = 5,
     n_boot: int = 2000,
     seed: int = 0,
+    scheduler: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate the predictions in ``pred_dir`` against ``ref`` and write every output.
 
     ``ref``: a folder of ``<case>`` label maps or a manifest; ``labels``: a manifest giving
     structure names (and case metadata) when ``ref`` is a folder. ``nsd_tolerance``: mm, or
     structure name -> mm with an optional ``default``. ``group_by``: a manifest metadata
-    column (site, scanner) for subgroup tables. Returns the summary (as in summary.json);
+    column (site, scanner) for subgroup tables. ``workers``: processes for the cases and
+    the report's figures (None: :func:`default_workers`); ``scheduler``: a Dask address or
+    ``local:N`` to evaluate one case per Dask task instead (:mod:`medseg.cluster`). Returns the summary (as in summary.json);
     ``summary["problems"]`` lists every problem. Raises :class:`EvaluationInputError` when
     nothing can be evaluated.
     """
@@ -195,7 +204,27 @@ def evaluate(
         )
     tolerance = resolve_tolerances(nsd_tolerance, inputs.structures)
     settings = Settings(inputs.structures, tolerance, policy, resample_pred)
-    outcomes = _run_cases(inputs.cases, settings, workers, progress)
+    if scheduler:
+        try:
+            parse_scheduler(scheduler)
+        except ValueError as err:
+            raise EvaluationInputError(str(err)) from err
+    workers = default_workers(len(inputs.cases)) if workers is None else workers
+    pool = None if scheduler else _pool(workers, len(inputs.cases))
+    try:
+        return _evaluate_with(pool, inputs, settings, policy, tolerance, pred_dir, ref, labels, output_dir,
+                              workers, resample_pred, group_by, progress, n_worst, n_boot, seed, scheduler)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
+
+
+def _evaluate_with(pool: ProcessPoolExecutor | None, inputs: EvaluationInputs, settings: Settings,
+                   policy: EmptyPolicy, tolerance: float | dict[int, float], pred_dir: Path | str,
+                   ref: Path | str, labels: Path | str | None, output_dir: Path | str, workers: int,
+                   resample_pred: bool, group_by: str | None, progress: bool, n_worst: int, n_boot: int,
+                   seed: int, scheduler: str | None = None) -> dict[str, Any]:
+    outcomes = _run_cases(inputs.cases, settings, pool, progress, workers, scheduler)
     structures = inputs.structures or {
         i: f"label_{i}" for i in sorted({i for o in outcomes for i in o.label_ids})
     }
@@ -214,7 +243,9 @@ def evaluate(
         },
         **_summary(inputs, outcomes, rows, structures, n_worst, n_boot, seed, group_by),
     })
-    _write_outputs(Path(output_dir), summary, rows, inputs, outcomes, structures, resample_pred)
+    figures = FigureJobs(pool, rows, structures, summary["pooled"], summary["worst_cases"],
+                         {c.name: c for c in inputs.cases}, resample_pred)
+    _write_outputs(Path(output_dir), summary, rows, inputs, outcomes, structures, figures)
     return summary
 
 
@@ -246,6 +277,8 @@ def _summary(inputs: EvaluationInputs, outcomes: Sequence[CaseOutcome], rows: Se
             "resampled": [o.name for o in outcomes if o.resampled],
         },
         "structures": structure_summary(rows, structures, n_boot=n_boot, seed=seed),
+        "pooled": pooled_summary([o.metrics.confusion for o in outcomes if o.metrics is not None],
+                                 ["background", *(structures[i] for i in sorted(structures))]),
         "case_metrics": {m: describe([v[m] for v in case_values.values()], n_boot, seed) for m in CASE_METRICS},
         "worst_cases": worst,
         "worst_structures_per_case": worst_by_case,
@@ -259,7 +292,8 @@ def _summary(inputs: EvaluationInputs, outcomes: Sequence[CaseOutcome], rows: Se
 
 
 def _write_outputs(out: Path, summary: dict[str, Any], rows: Sequence[StructureMetrics], inputs: EvaluationInputs,
-                   outcomes: Sequence[CaseOutcome], structures: Mapping[int, str], resample_pred: bool) -> None:
+                   outcomes: Sequence[CaseOutcome], structures: Mapping[int, str], figures: FigureJobs) -> None:
+    """Every output; the CSV, JSON and Markdown ones while ``figures`` are being drawn."""
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "metrics.csv", _csv_text(COLUMNS, [r.as_row() for r in rows]))
     header, case_rows = _case_rows(inputs.cases, outcomes, inputs.unmatched_pred, inputs.missing_pred,
@@ -269,10 +303,10 @@ def _write_outputs(out: Path, summary: dict[str, Any], rows: Sequence[StructureM
         "rows": "reference", "columns": "prediction",
         "classes": ["background", *(structures[i] for i in sorted(structures))],
         "cases": {o.name: np.asarray(o.metrics.confusion).tolist() for o in outcomes if o.metrics},
+        "pooled": summary["pooled"]["confusion"],
     }
     atomic_write_text(out / "confusion_matrices.json", json.dumps(confusion) + "\n")
     atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     atomic_write_text(out / "report.md", render_markdown(summary))
-    plots = structure_plots(rows, structures)
-    overlays = _overlays({c.name: c for c in inputs.cases}, summary["worst_cases"], resample_pred)
+    plots, overlays = figures.result()
     atomic_write_text(out / "report.html", render_html(summary, plots, overlays))

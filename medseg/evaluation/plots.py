@@ -152,3 +152,31 @@ def structure_plots(rows: Sequence[StructureMetrics], structures: Mapping[int, s
         if png is not None:
             out[metric] = png
     return out
+
+
+def confusion_heatmap(cm: np.ndarray, classes: Sequence[str]) -> str | None:
+    """Heat map of a (C, C) confusion matrix normalised per reference row (the share of each
+    reference class's voxels predicted as each class, %), voxel counts in the cells when the
+    matrix is small; None when the matrix is empty."""
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.size == 0 or cm.sum() == 0:
+        return None
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros_like(cm), where=rows > 0) * 100
+    n = len(classes)
+    side = min(12.0, 2.0 + 0.45 * n)
+    fig = Figure(figsize=(side + 1.2, side))
+    ax = fig.add_subplot()
+    im = ax.imshow(share, cmap="viridis", vmin=0, vmax=100)
+    fig.colorbar(im, ax=ax, label="% of the reference class's voxels")
+    ax.set_xticks(range(n), list(classes), rotation=60, ha="right", fontsize=7)
+    ax.set_yticks(range(n), list(classes), fontsize=7)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("reference class")
+    if n <= 12:
+        for i in range(n):
+            for j in range(n):
+                ax.text(j, i, f"{share[i, j]:.1f}", ha="center", va="center", fontsize=6,
+                        color="white" if share[i, j] < 50 else "black")
+    ax.set_title("Confusion matrix pooled over all cases (row-normalised)", fontsize=10)
+    return to_base64_png(fig)

@@ -35,6 +35,9 @@ window.addEventListener('load', function () {
   document.body.setAttribute('data-images-loaded', ok + '/' + imgs.length);
 });
 """
+_POOLED_NOTE = ("One confusion matrix summed over every evaluated case (each voxel counts once, so "
+                "large cases weigh more than in the per-case means); rows are reference classes. "
+                "Definitions: FCN (Long et al. 2015), see CONVENTIONS.md.")
 RULE_LABELS = {"present": "present", "both_empty": "both empty", "missed": "missed",
                "false_positive": "false positive"}
 
@@ -89,6 +92,7 @@ def structure_table_rows(structures: Mapping[str, Any]) -> tuple[list[str], list
     header = ["structure", "n", *(RULE_LABELS[r] for r in EMPTY_RULES), "Dice mean ± sd",
               "Dice median [IQR]", "Dice 95% CI", "IoU mean", "HD95 mean ± sd (mm)",
               "HD95 median (mm)", "ASSD mean (mm)", "NSD mean ± sd", "NSD 95% CI",
+              "boundary F1 mean ± sd", "boundary IoU mean ± sd",
               "ref vol. mean (mL)", "rel. vol. diff. mean"]
     rows = []
     for name, m in structures.items():
@@ -97,7 +101,8 @@ def structure_table_rows(structures: Mapping[str, Any]) -> tuple[list[str], list
         rows.append([
             name, str(m["n_cases"]), *_rules(m), _mean_std(m["dice"]), _median_iqr(m["dice"]),
             _ci(m["dice"]), fmt(m["iou"]["mean"]), _mean_std(m["hd95"], 2), fmt(m["hd95"]["median"], 2),
-            fmt(m["assd"]["mean"], 2), _mean_std(m["nsd"]), _ci(m["nsd"]), fmt(m["vol_ref_ml"]["mean"], 1),
+            fmt(m["assd"]["mean"], 2), _mean_std(m["nsd"]), _ci(m["nsd"]),
+            _mean_std(m["boundary_f1"]), _mean_std(m["boundary_iou"]), fmt(m["vol_ref_ml"]["mean"], 1),
             fmt(m["rel_vol_diff"]["mean"]),
         ])
     return header, rows
@@ -125,6 +130,17 @@ def _md_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def case_metric_rows(case_metrics: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
     header = ["metric", "n", "mean ± sd", "median [IQR]", "95% CI"]
     rows = [[m, str(s["n"]), _mean_std(s), _median_iqr(s), _ci(s)] for m, s in case_metrics.items()]
+    return header, rows
+
+
+def pooled_rows(pooled: Mapping[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The cohort-level scores of the pooled confusion matrix, and each class's pooled IoU."""
+    header = ["metric", "value"]
+    rows = [["cases pooled", str(pooled["n_cases"])],
+            ["pixel accuracy", fmt(pooled["pixel_accuracy"], 4)],
+            ["mean IoU (classes present, background included)", fmt(pooled["mean_iou"], 4)],
+            ["frequency-weighted IoU", fmt(pooled["fw_iou"], 4)]]
+    rows += [[f"IoU {name}", fmt(v, 4)] for name, v in zip(pooled["classes"], pooled["iou"], strict=False)]
     return header, rows
 
 
@@ -190,6 +206,13 @@ def render_html(
         parts.append(f"<p>{e(note)}</p>")
     header, rows = case_metric_rows(summary["case_metrics"])
     parts += ["<h2 id=\"cases\">Per-case metrics</h2>", _html_table(header, rows)]
+    if "pooled" in summary:
+        header, rows = pooled_rows(summary["pooled"])
+        parts += ['<h2 id="pooled">Pooled over all cases</h2>', f"<p>{e(_POOLED_NOTE)}</p>", _html_table(header, rows)]
+        if heatmap := plots.get("confusion"):
+            parts.append('<figure><img class="plot" id="confusion-heatmap" alt="pooled confusion matrix" '
+                         f'src="data:image/png;base64,{heatmap}"></figure>')
+    plots = {k: v for k, v in plots.items() if k != "confusion"}
     for title, header, rows in _group_sections(summary, "Subgroup"):
         parts += [f"<h3>{e(title)}</h3>", _html_table(header, rows)]
     if plots:
@@ -219,6 +242,9 @@ def render_markdown(summary: Mapping[str, Any]) -> str:
         lines += [note, ""]
     header, rows = case_metric_rows(summary["case_metrics"])
     lines += ["## Per-case metrics", "", _md_table(header, rows), ""]
+    if "pooled" in summary:
+        header, rows = pooled_rows(summary["pooled"])
+        lines += ["## Pooled over all cases", "", _POOLED_NOTE, "", _md_table(header, rows), ""]
     for title, header, rows in _group_sections(summary, "Subgroup"):
         lines += [f"### {title}", "", _md_table(header, rows), ""]
     header, rows = worst_case_rows(summary["worst_cases"])

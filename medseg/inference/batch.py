@@ -256,11 +256,13 @@ def predict_batch(
     workers: int = 0,
     progress: bool = True,
     extras: BatchExtras | None = None,
+    scheduler: str | None = None,
 ) -> list[CaseResult]:
     """Predict ``cases`` into ``output``; returns one :class:`CaseResult` per case, in order.
 
     ``fmt``: nifti, dicom-seg or both. ``workers`` > 1 needs a predictor built from files
-    (``Predictor.from_spec``/``from_checkpoints``) so each worker can load it.
+    (``Predictor.from_spec``/``from_checkpoints``) so each worker can load it; so does
+    ``scheduler`` (a Dask address or ``local:N``: one task per case, :mod:`medseg.inference.dask_batch`).
     """
     from tqdm import tqdm
 
@@ -284,7 +286,11 @@ def predict_batch(
             bar.write(f"failed {result.case}: {result.error}")
 
     try:
-        if workers > 1:
+        if scheduler:
+            from medseg.inference.dask_batch import run_dask
+
+            run_dask(predictor, cases, output, fmt, resume, scheduler, record, extras)
+        elif workers > 1:
             _run_parallel(predictor, cases, output, fmt, resume, workers, record, extras)
         else:
             for case in cases:

@@ -125,3 +125,35 @@ def test_missing_file(tmp_path: Path, role: str) -> None:
     outcome = evaluate_case(case, SETTINGS)
     assert outcome.status == "failed" and f"case1: {role}" in outcome.problems[0]
     assert "file not found" in outcome.problems[0]
+
+
+def test_fortran_ordered_files_give_the_c_order_metrics(tmp_path: Path) -> None:
+    """NIfTI files read as F-ordered arrays are evaluated as transposed views with the spacing
+    reversed; every metric must equal the C-order computation on the (X, Y, Z) arrays."""
+    from medseg.data.io import read_label
+    from medseg.evaluation.case import c_order
+    from medseg.evaluation.metrics import evaluate_arrays
+
+    rng = np.random.default_rng(1)
+    pred = _labels()
+    pred[np.roll(pred == 1, 1, axis=0) & (pred == 0)] = 1  # organ shifted along X (1 mm)
+    pred[rng.random(pred.shape) < 0.02] = 2
+    case = _case(tmp_path, pred)
+    assert read_label(case.ref).array.flags.f_contiguous  # what makes the transposed path run
+    outcome = evaluate_case(case, SETTINGS)
+    assert outcome.metrics is not None
+    expected = evaluate_arrays(_labels(), pred, (1.0, 1.5, 2.0), SETTINGS.structures, 1.0, "nan", case="case1")
+    for got, want in zip(outcome.metrics.structures, expected.structures, strict=True):
+        for key, value in want.as_row().items():
+            if isinstance(value, float):
+                assert getattr(got, key) == pytest.approx(value, rel=1e-12, nan_ok=True), key
+            else:
+                assert getattr(got, key) == value, key
+    np.testing.assert_array_equal(outcome.metrics.confusion, expected.confusion)
+    ref_f = np.asfortranarray(_labels())
+    r, p, spacing = c_order(ref_f, np.asfortranarray(pred), (1.0, 1.5, 2.0))
+    assert r.flags.c_contiguous and r.shape == (8, 9, 10) and spacing == (2.0, 1.5, 1.0)
+    assert np.array_equal(p, pred.T)
+    r, p, spacing = c_order(ref_f, pred, (1.0, 1.5, 2.0))  # mixed orders: copied to C order
+    assert p.flags.c_contiguous and np.array_equal(p, pred)
+    assert r.flags.c_contiguous and r.shape == (10, 9, 8) and spacing == (1.0, 1.5, 2.0)

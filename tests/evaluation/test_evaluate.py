@@ -151,3 +151,14 @@ def test_held_out_predictions_against_the_whole_manifest(phantoms: dict[str, Pat
     assert summary["status"] == "ok" and summary["cases"]["evaluated"] == len(test_cases) == 2
     assert summary["cases"]["unpredicted_splits"] == {"training": 4}
     assert "Not evaluated: the manifest's training split (4 cases)" in (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+
+
+def test_dask_local_cluster_equals_the_process_pool(evaluated: tuple[Path, dict], phantoms: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    out, summary = evaluated
+    got = evaluate(phantoms["pred"], phantoms["csv"], tmp_path, group_by="site", progress=False, n_boot=200,
+                   scheduler="local:2")
+    assert (tmp_path / "metrics.csv").read_text(encoding="utf-8") == (out / "metrics.csv").read_text(encoding="utf-8")
+    assert got["structures"] == summary["structures"] and got["pooled"] == summary["pooled"]
+    with pytest.raises(EvaluationInputError, match="local:N"):
+        evaluate(phantoms["pred"], phantoms["csv"], tmp_path, progress=False, scheduler="local:0")

@@ -63,3 +63,20 @@ def test_canonical_orientation() -> None:
     out = _canonical(arr, lps)
     assert out[0, 0, 0] == arr[1, 1, 0]  # x and y reversed to increase towards R and A
     assert math.isclose(float(out.sum()), float(arr.sum()))
+
+
+def test_confusion_heatmap() -> None:
+    import base64
+    import io
+
+    from matplotlib.image import imread
+
+    from medseg.evaluation.plots import confusion_heatmap
+
+    assert confusion_heatmap(np.zeros((3, 3)), ["background", "a", "b"]) is None
+    right = confusion_heatmap(np.diag([50, 20, 10]), ["background", "a", "b"])
+    swapped = confusion_heatmap(np.array([[50, 0, 0], [0, 0, 20], [0, 10, 0]]), ["background", "a", "b"])
+    assert right is not None and swapped is not None
+    img_right = imread(io.BytesIO(base64.b64decode(right)), format="png")
+    img_swapped = imread(io.BytesIO(base64.b64decode(swapped)), format="png")
+    assert img_right.shape == img_swapped.shape and not np.array_equal(img_right, img_swapped)

@@ -54,7 +54,8 @@ def test_renders_in_headless_chromium(evaluated: tuple[Path, dict], tmp_path: Pa
     html = report.read_text(encoding="utf-8")
     n_images = html.count("<img")
     n_plots, n_overlays = html.count('class="plot"'), html.count('class="overlay"')
-    assert n_plots == 4 and n_overlays >= 2
+    assert n_plots == 5 and n_overlays >= 2  # 4 box plots + the pooled confusion heat map
+    assert html.count('id="confusion-heatmap"') == 1
     common = [str(CHROMIUM), *FLAGS, f"--user-data-dir={tmp_path / 'profile'}"]
     dom = subprocess.run([*common, "--dump-dom", report.as_uri()], capture_output=True, encoding="utf-8", errors="replace",
                          timeout=90, check=True).stdout

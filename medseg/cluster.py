@@ -1,0 +1,84 @@
+"""One task per case on a Dask distributed cluster (``--scheduler ADDRESS``).
+
+``ADDRESS`` is a running scheduler (``tcp://host:8786``, as printed by ``dask scheduler``
+or a dask-jobqueue cluster) or ``local:N``: a LocalCluster of N single-threaded worker
+processes on the loopback address 127.0.0.1 (no dashboard), shut down afterwards.
+
+A worker that dies mid-case does not lose the batch: the scheduler reruns its task on
+another worker, and after ``distributed.scheduler.allowed-failures`` deaths (Dask's
+default 3) the task fails with ``KilledWorker``, which the caller logs as that case's
+failure. Results come back in completion order through ``on_result``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+LOCAL_PREFIX = "local:"
+
+
+def parse_scheduler(address: str) -> int | str:
+    """``local:N`` -> N (workers of a local cluster); any other address unchanged."""
+    if address.startswith(LOCAL_PREFIX):
+        value = address[len(LOCAL_PREFIX):]
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"--scheduler {address!r}: expected local:N with N >= 1 workers (e.g. local:2), "
+                             "or a scheduler address such as tcp://10.0.0.5:8786")
+        return int(value)
+    if not address.strip():
+        raise ValueError("--scheduler: empty address; expected local:N or tcp://HOST:PORT")
+    return address
+
+
+def _import_distributed() -> Any:
+    try:
+        import distributed
+    except ImportError as err:
+        raise RuntimeError("--scheduler needs Dask distributed: pip install 'medseg[dask]'") from err
+    return distributed
+
+
+@contextlib.contextmanager
+def dask_client(address: str) -> Iterator[Any]:
+    """A ``distributed.Client`` connected to ``address`` (starting a local cluster for ``local:N``)."""
+    distributed = _import_distributed()
+    target = parse_scheduler(address)
+    if isinstance(target, int):
+        cluster = distributed.LocalCluster(n_workers=target, threads_per_worker=1, processes=True,
+                                           host="127.0.0.1", dashboard_address=None)
+        try:
+            with distributed.Client(cluster) as client:
+                yield client
+        finally:
+            cluster.close()
+    else:
+        with distributed.Client(target) as client:
+            yield client
+
+
+def run_tasks(
+    address: str,
+    fn: Callable[..., Any],
+    items: Sequence[Any],
+    args: tuple[Any, ...],
+    on_result: Callable[[int, Any], None],
+    on_error: Callable[[int, BaseException], None],
+) -> None:
+    """``fn(item, *args)`` for every item, one task each, on the cluster at ``address``.
+
+    ``on_result(index, value)`` or ``on_error(index, exception)`` is called in this process
+    as each task finishes (a task whose workers kept dying ends with ``KilledWorker``).
+    """
+    distributed = _import_distributed()
+    with dask_client(address) as client:
+        futures = {client.submit(fn, item, *args, pure=False): i for i, item in enumerate(items)}
+        for future in distributed.as_completed(list(futures)):
+            index = futures[future]
+            try:
+                value = future.result()
+            except Exception as err:  # the case's own error, or KilledWorker
+                on_error(index, err)
+            else:
+                on_result(index, value)
