@@ -24,8 +24,12 @@ def test_every_subcommand_has_quiet_and_verbose() -> None:
     parser = build_parser()
     required = {"synth": ["--output", "x"], "check": ["m"], "plan": ["m"], "train": ["p"],
                 "predict": ["--model", "m", "--input", "i", "--output", "o"],
-                "evaluate": ["--pred", "p", "--ref", "r", "--output", "o"], "export": ["--model", "m", "--output", "o"]}
-    assert set(required) == set(COMMANDS)
+                "evaluate": ["--pred", "p", "--ref", "r", "--output", "o"], "export": ["--model", "m", "--output", "o"],
+                "pretrain": ["p", "--data", "d", "--output", "o"],
+                "prune": ["--model", "m", "--data", "d", "--output", "o", "--ratio", "0.5"],
+                "distill": ["p", "--teacher", "t", "--data", "d", "--output", "o"],
+                "tune-postprocess": ["--model", "m"]}
+    assert set(required) == {c.replace("_", "-") for c in COMMANDS}
     for name, args in required.items():
         assert logs.level_from_args(parser.parse_args([name, *args])) == logging.INFO
         assert logs.level_from_args(parser.parse_args([name, *args, "--quiet"])) == logging.WARNING

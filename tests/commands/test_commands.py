@@ -10,8 +10,9 @@ from medseg.cli import COMMANDS, build_parser, main
 def test_every_command_is_registered_with_verbosity_options():
     parser = build_parser()
     sub = next(a for a in parser._actions if a.dest == "command")
-    assert set(sub.choices) == set(COMMANDS)
-    for name in COMMANDS:
+    names = {c.replace("_", "-") for c in COMMANDS}  # module tune_postprocess -> command tune-postprocess
+    assert set(sub.choices) == names
+    for name in names:
         opts = set(sub.choices[name]._option_string_actions)
         assert {"--quiet", "--verbose"} <= opts, name
 

@@ -68,7 +68,7 @@ def test_evaluate_baseline_known_difference(tmp_path: Path, capsys: pytest.Captu
     summary = json.loads((out / "summary.json").read_text())
     assert summary["comparison"]["rows"][0]["mean_diff"] == pytest.approx(0.1875)
     assert (out / "baseline" / "metrics.csv").is_file()
-    assert "Comparison with the baseline" in (out / "report.md").read_text()
+    assert "Comparison with the baseline" in (out / "report.md").read_text(encoding="utf-8")
 
 
 def test_unpaired_cases_are_listed(tmp_path: Path) -> None:
