@@ -20,3 +20,18 @@ def int_at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def fraction_below_one(what: str, example: str) -> Callable[[str], float]:
+    """argparse ``type=`` for a number in [0, 1) (an overlap, a Dice margin)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0.0 <= value < 1.0:
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {what} in [0, 1), e.g. {example}")
+        return value
+
+    return parse

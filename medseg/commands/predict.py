@@ -11,18 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from medseg.commands import int_at_least
-
-
-def _fraction(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction in [0, 1), e.g. --overlap 0.5")
-    return value
-
+from medseg.commands import fraction_below_one, int_at_least
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -56,7 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--scheduler", metavar="ADDRESS",
                    help="one task per case on a Dask cluster: tcp://HOST:PORT, or local:N for N local "
                         "workers (needs medseg[dask]; see the README for SLURM)")
-    p.add_argument("--overlap", type=_fraction, help="sliding-window overlap (default: the checkpoint's)")
+    p.add_argument("--overlap", type=fraction_below_one("a fraction", "--overlap 0.5"), help="sliding-window overlap (default: the checkpoint's)")
     p.add_argument("--sw-batch-size", type=int_at_least(0), help="windows per forward pass (default: the checkpoint's)")
     p.add_argument("--split", choices=("auto", "test", "training", "all"), default="auto",
                    help="manifest input: which cases (auto: test cases, else training cases)")

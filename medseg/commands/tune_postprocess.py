@@ -11,15 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-
-def _margin(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 <= value < 1.0:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected a Dice gain in [0, 1), e.g. 0.002")
-    return value
+from medseg.commands import fraction_below_one
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,7 +28,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--model", required=True, metavar="RUN_DIR", help="run directory (or one holding fold_<k>/ runs)")
     p.add_argument("--data", metavar="MANIFEST", help="labelled manifest to tune on instead of the validation split")
-    p.add_argument("--margin", type=_margin, default=0.002, help="minimum mean Dice gain to keep a step (default 0.002)")
+    p.add_argument("--margin", type=fraction_below_one("a Dice gain", "0.002"), default=0.002, help="minimum mean Dice gain to keep a step (default 0.002)")
     p.add_argument("--no-crf", action="store_true", help="do not try the CRF (faster)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default: auto)")
     p.set_defaults(func=run)

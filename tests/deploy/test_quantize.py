@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +13,7 @@ from medseg.data.io import read_volume
 from medseg.deploy.runtime import int8_network
 from medseg.inference.export import METADATA, load_exported
 from medseg.inference.predictor import LoadedModel, Predictor
+from tests.no_lightning import predict_without_lightning
 
 
 def _dice(a: np.ndarray, b: np.ndarray, label: int) -> float:
@@ -69,18 +68,7 @@ def test_int8_runtime_choice(int8_export: Path, monkeypatch: pytest.MonkeyPatch)
 
 def test_int8_export_predicts_without_lightning(int8_export: Path, phantom_run: tuple[Path, Path], tmp_path: Path) -> None:
     image = sorted((phantom_run[1].parent / "imagesTs").glob("*.nii.gz"))[0]
-    code = (
-        "import sys\n"
-        "for m in ('pytorch_lightning', 'lightning', 'lightning_fabric'):\n"
-        "    sys.modules[m] = None  # import fails\n"
-        "from medseg.cli import main\n"
-        f"rc = main(['predict', '--model', {str(int8_export)!r}, '--input', {str(image)!r}, '--output', "
-        f"{str(tmp_path / 'out')!r}])\n"
-        "heavy = [m for m in ('medseg.training.module', 'medseg.training.run', 'medseg.training.fit') if m in sys.modules]\n"
-        "assert not heavy, f'training stack imported: {heavy}'\n"
-        "sys.exit(rc)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace")
+    out = predict_without_lightning(int8_export, image, tmp_path / "out")
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "out" / image.name).exists()
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from dataclasses import asdict
 from pathlib import Path
 
@@ -16,6 +14,7 @@ from medseg.data.io import write_volume
 from medseg.data.preprocess import PreprocessingPlan
 from medseg.models.checkpoint import best_checkpoint, in_channels, load_network
 from medseg.training.module import SegmentationModule, module_hparams
+from tests.no_lightning import predict_without_lightning
 
 
 def _saved(tmp_path: Path, **data) -> tuple[SegmentationModule, Path]:
@@ -60,17 +59,6 @@ def test_predict_from_a_checkpoint_without_lightning(tmp_path):
     image = tmp_path / "in" / "case.nii.gz"
     image.parent.mkdir()
     write_volume(image, np.random.default_rng(0).normal(size=(20, 20, 20)).astype(np.float32), np.eye(4))
-    code = (
-        "import sys\n"
-        "for m in ('pytorch_lightning', 'lightning', 'lightning_fabric'):\n"
-        "    sys.modules[m] = None  # import fails\n"
-        "from medseg.cli import main\n"
-        f"rc = main(['predict', '--model', {str(tmp_path / 'run')!r}, '--input', {str(image)!r}, '--output', "
-        f"{str(tmp_path / 'out')!r}])\n"
-        "heavy = [m for m in ('medseg.training.module', 'medseg.training.run', 'medseg.training.fit') if m in sys.modules]\n"
-        "assert not heavy, f'training stack imported: {heavy}'\n"
-        "sys.exit(rc)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, encoding="utf-8", errors="replace")
+    out = predict_without_lightning(tmp_path / "run", image, tmp_path / "out")
     assert out.returncode == 0, out.stderr[-3000:]
     assert (tmp_path / "out" / "case.nii.gz").exists()
