@@ -138,7 +138,11 @@ def main() -> int:
     ap.add_argument("--arms", default="scratch,semi,pre", help=f"comma-separated arms among {', '.join(ARMS)}")
     ap.add_argument("--steps", type=int, default=1500, help="fine-tuning optimiser steps per run")
     ap.add_argument("--pretrain-steps", type=int, default=1500)
+    ap.add_argument("--render", action="store_true", help="only re-render RESULTS.md from the recorded results")
     args = ap.parse_args()
+    if args.render:
+        update_section(f"Limited labels on {cpu_model()}", render(json.loads(results_file().read_text(encoding="utf-8"))))
+        return 0
     arms = [a for a in args.arms.split(",") if a]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:

@@ -50,9 +50,14 @@ def test_broken_pool_and_failing_figure(monkeypatch) -> None:  # type: ignore[no
 def test_default_workers(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     import os
     import sys
+    import threading
 
     monkeypatch.delitem(sys.modules, "torch", raising=False)
     monkeypatch.setattr(os, "sched_getaffinity", lambda _: {0, 1, 2, 3})
+    monkeypatch.setattr(threading, "active_count", lambda: 1)  # (a test session runs other threads)
     assert [default_workers(n) for n in (1, 3, 100)] == [1, 3, 4]
+    monkeypatch.setattr(threading, "active_count", lambda: 2)  # forking a threaded process could deadlock
+    assert default_workers(100) == 1
+    monkeypatch.setattr(threading, "active_count", lambda: 1)
     monkeypatch.setitem(sys.modules, "torch", object())  # a caller that trained in this process
     assert default_workers(100) == 1

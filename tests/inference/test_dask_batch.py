@@ -63,7 +63,9 @@ def test_worker_killed_mid_batch(tmp_path: Path, checkpoint: Path, monkeypatch) 
     with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
         results = predict_batch(predictor, cases, out, progress=False, scheduler="local:2")
     status = {r.case: r.status for r in results}
-    assert status == {"a": "ok", "b": "failed", "c": "ok"}
+    # c may share b's dying worker: its rerun then finds c's verified mask and skips it
+    assert status["a"] == "ok" and status["b"] == "failed" and status["c"] in ("ok", "skipped")
+    assert (out / "c.nii.gz").is_file()
     log = _log(out)
     assert log["b"]["status"] == "failed" and "KilledWorker" in log["b"]["error"]
     assert not (out / "b.nii.gz").exists() and (out / "a.nii.gz").is_file()
