@@ -42,16 +42,18 @@ def _window_probs(
     flips: list[tuple[int, ...]] = [()]
     if tta:
         flips = [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
-    total: torch.Tensor | None = None
-    for flip in flips:
+
+    def probs_for(flip: tuple[int, ...]) -> torch.Tensor:
         xi = torch.flip(x, flip) if flip else x
         logits = sliding_window_inference(
             xi, roi, inf.sw_batch_size, run, overlap=inf.overlap, mode=inf.blend, padding_mode="constant"
         )
         probs = F.softmax(torch.as_tensor(logits).float(), dim=1)
-        probs = torch.flip(probs, flip) if flip else probs
-        total = probs if total is None else total + probs
-    assert total is not None
+        return torch.flip(probs, flip) if flip else probs
+
+    total = probs_for(flips[0])  # on the device the windows ran on
+    for flip in flips[1:]:
+        total = total + probs_for(flip)
     return total / len(flips) if len(flips) > 1 else total
 
 

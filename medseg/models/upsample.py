@@ -81,8 +81,8 @@ def upsample_block(
     raise ValueError(f"upsample_block: mode {mode!r} is not interp or pixelshuffle")
 
 
-def _replacement(conv_t: nn.Module, mode: str, interp_mode: str) -> nn.Module:
-    assert isinstance(conv_t, _TRANSPOSED)
+def _replacement(conv_t: nn.ConvTranspose1d | nn.ConvTranspose2d | nn.ConvTranspose3d, mode: str,
+                 interp_mode: str) -> nn.Module:
     dims = len(conv_t.stride)
     strides, kernels = set(conv_t.stride), set(conv_t.kernel_size)
     if len(strides) != 1 or len(kernels) != 1:
