@@ -94,7 +94,7 @@ def running_argmax(scores: torch.Tensor) -> torch.Tensor:
     """
     k = scores.shape[1]
     best = scores[:, 0].clone()
-    index = torch.zeros(best.shape, dtype=torch.uint8 if k <= 256 else torch.int16)
+    index = torch.zeros(best.shape, dtype=torch.uint8 if k <= 256 else torch.int16, device=scores.device)
     for c in range(1, k):
         better = scores[:, c] > best
         best = torch.maximum(best, scores[:, c])

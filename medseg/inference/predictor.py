@@ -1,11 +1,17 @@
 """The :class:`Predictor`: one volume in, its label map in the input's exact geometry out.
 
 Steps: the checkpoint's own preprocessing (:func:`medseg.data.preprocess.prepare_case`,
-nothing re-specified) -> Gaussian-weighted sliding window per network, optionally with
-mirroring TTA (:func:`medseg.inference.window.predict_probabilities`) -> the ensemble's
-mean probability on the network grid -> back to the input grid and argmax, slab by slab
+nothing re-specified) -> block by block over the network grid
+(:func:`medseg.inference.blocks.plan_blocks`, sized by ``block_bytes``): Gaussian-weighted
+sliding window per network, optionally with mirroring TTA, and the ensemble's mean
+probability (:mod:`medseg.inference.blockwise`), then the argmax of their linear
+resampling onto the input grid for the output voxels the block owns
+(:mod:`medseg.inference.resample`) -> paste and undo the reorientation
 (:mod:`medseg.inference.geometry`) -> per-structure post-processing
-(:mod:`medseg.inference.postprocess`).
+(:mod:`medseg.inference.postprocess`). Class probabilities exist for one block at a time,
+so memory does not grow with ``classes x volume``; the labels equal those of one
+whole-volume pass (windows, weights, TTA and ensemble averaging are the same) except
+where two classes tie within float rounding.
 
 An ensemble (e.g. cross-validation folds) must share one preprocessing plan, so that all
 members predict on the same grid; their networks, patch sizes and window settings may
@@ -26,11 +32,13 @@ import torch
 from medseg.config import PipelineConfig
 from medseg.data.io import Volume
 from medseg.data.preprocess import PreparedCase, PreprocessingPlan, prepare_case
+from medseg.inference.blocks import BlockPlan, Box, evaluated
+from medseg.inference.blockwise import BLOCK_BYTES, block_probabilities, plan_for
 from medseg.inference.crf import crf_settings, grid_spacing, refine_probabilities
-from medseg.inference.geometry import labels_to_input, resample_argmax
+from medseg.inference.geometry import labels_to_input
 from medseg.inference.postprocess import PostprocessSpec, postprocess, resolve_spec
+from medseg.inference.resample import block_labels, grid_taps
 from medseg.inference.tuned import with_tuned
-from medseg.inference.window import predict_probabilities
 
 
 @dataclass
@@ -56,6 +64,8 @@ class PredictorSpec:
     """torch intra-op threads (None: torch's default)."""
     crf: bool | None = None
     """Force the CRF on/off (None: the config's ``inference.crf.enabled``)."""
+    block_bytes: int | None = None
+    """Memory budget of one block's class probabilities (None: :data:`BLOCK_BYTES`)."""
 
 
 def resolve_device(device: str | None) -> str:
@@ -130,6 +140,7 @@ class Predictor:
         sw_batch_size: int | None = None,
         apply_postprocess: bool = True,
         crf: bool | None = None,
+        block_bytes: int | None = None,
     ) -> None:
         if not models:
             raise ValueError("Predictor needs at least one model")
@@ -144,6 +155,11 @@ class Predictor:
             resolve_spec(self.models[0].cfg.inference, plan.labels) if apply_postprocess else PostprocessSpec()
         )
         self.crf = crf_settings(self.models[0].cfg.inference.crf, plan.labels, apply_postprocess, crf)
+        self.block_bytes = BLOCK_BYTES if block_bytes is None else int(block_bytes)
+        if self.block_bytes < 1:
+            raise ValueError(f"block_bytes {block_bytes}: expected a positive number of bytes, e.g. {BLOCK_BYTES}")
+        self.last_plan: BlockPlan | None = None
+        """The block plan of the latest prediction (for logs and benchmarks)."""
 
     @staticmethod
     def _override(cfg: PipelineConfig, tta: bool | None, overlap: float | None, sw: int | None) -> PipelineConfig:
@@ -170,7 +186,7 @@ class Predictor:
         for (_, other), path in zip(loaded[1:], spec.models[1:], strict=True):
             _check_same_plan(plan, other, spec.models[0], path)
         predictor = cls([m for m, _ in loaded], plan, spec.tta, spec.overlap, spec.sw_batch_size, spec.postprocess,
-                        spec.crf)
+                        spec.crf, spec.block_bytes)
         predictor.spec = spec
         return predictor
 
@@ -207,17 +223,27 @@ class Predictor:
             )
         return prepare_case(image, affine, self.plan)
 
-    def probabilities(self, prepared: PreparedCase) -> torch.Tensor:
-        """Mean class probabilities (K, X', Y', Z') of the ensemble on the network grid (CPU)."""
+    @property
+    def members(self) -> list[tuple[torch.nn.Module, PipelineConfig]]:
+        return [(m.net, m.cfg) for m in self.models]
+
+    def probabilities(self, prepared: PreparedCase, box: Box | None = None) -> torch.Tensor:
+        """Mean class probabilities (K, *box) of the ensemble on the network grid (CPU).
+
+        ``box``: a block of the network grid (``(lo, hi)`` per axis); None: the whole grid,
+        whose memory is ``classes x grid voxels x 4`` bytes (:meth:`predict_array` never
+        holds that at once).
+        """
         image = torch.from_numpy(prepared.image)
-        total: torch.Tensor | None = None
-        for model in self.models:
-            probs = predict_probabilities(model.net, image, model.cfg, tta=model.cfg.inference.tta)
-            total = probs if total is None else total.add_(probs)
-            del probs
-        if total is None:  # pragma: no cover - models is never empty
-            raise RuntimeError("no models")
-        return total.div_(len(self.models)) if len(self.models) > 1 else total
+        shape = tuple(image.shape[1:])
+        box = tuple((0, n) for n in shape) if box is None else box
+        return block_probabilities(self.members, image, box, self.num_classes).cpu()
+
+    def plan_blocks(self, grid_shape: tuple[int, ...]) -> BlockPlan:
+        """How :meth:`predict_array` cuts a network grid of ``grid_shape`` (one block with a CRF,
+        which refines whole-grid probabilities)."""
+        budget = (2**62) if self.crf.enabled else self.block_bytes
+        return plan_for(self.members, grid_shape, self.num_classes, budget)
 
     def predict_array(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Label map (X, Y, Z) for a (C, X, Y, Z) or (X, Y, Z) image with its 4x4 RAS affine.
@@ -226,14 +252,20 @@ class Predictor:
         the image's own header/affine.
         """
         prepared = self.prepare(image, affine)
-        probs = self.probabilities(prepared)
-        if self.crf.enabled:
-            refine_probabilities(probs, prepared.image, grid_spacing(prepared.affine), self.crf, self.plan.labels)
-        prepared.image = np.empty(0, dtype=np.float32)  # free the network-grid image early
         crop_shape = tuple(s.stop - s.start for s in prepared.bbox)
+        grid_shape = tuple(prepared.image.shape[1:])
+        plan = self.plan_blocks(grid_shape)
+        self.last_plan = plan
+        taps = grid_taps(grid_shape, crop_shape)
         dtype = np.uint8 if self.num_classes <= 256 else np.uint16
-        labels = resample_argmax(probs, crop_shape, dtype)  # type: ignore[arg-type]
-        del probs
+        labels = np.empty(crop_shape, dtype=dtype, order="F")  # NIfTI's on-disk order
+        for box in plan.blocks:
+            probs = self.probabilities(prepared, evaluated(box, grid_shape))
+            if self.crf.enabled:  # one block: the whole grid
+                refine_probabilities(probs, prepared.image, grid_spacing(prepared.affine), self.crf, self.plan.labels)
+            block_labels(probs, box, taps, labels)
+            del probs
+        prepared.image = np.empty(0, dtype=np.float32)  # free the network-grid image early
         if not self.post.empty:
             postprocess(labels, _canonical_spacing(affine, prepared), self.post)
         return labels_to_input(labels, prepared, affine)

@@ -23,7 +23,7 @@ import torch
 
 from medseg.config import PipelineConfig, from_dict
 from medseg.data.preprocess import PreprocessingPlan
-from medseg.inference.window import predict_probabilities
+from medseg.inference.blockwise import grid_labels
 from medseg.models.checkpoint import in_channels
 from medseg.models.compat import check_resumable
 from medseg.models.registry import build_network
@@ -37,19 +37,28 @@ log = logging.getLogger("medseg.train")
 def case_dice(pred: torch.Tensor, label: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per foreground class Dice of one case and a validity mask (reference non-empty).
 
-    Computed on the label's device without reading a value back to the host (one
-    transfer per validation epoch, not three per class and case); float64, or float32 on
-    Apple's MPS, which has no float64. ``pred`` must be on the label's device.
+    One pass over the voxels whatever the class count: the reference x prediction
+    confusion counts (``scatter_add_`` of ones at ``label * K + pred``: a fixed-size result,
+    deterministic on CUDA), no per-class masks; a label value beyond the classes counts
+    nowhere. Computed on the label's device without reading a value back to the host (one
+    transfer per validation epoch); float64, or float32 on Apple's MPS, which has no
+    float64. ``pred`` must be on the label's device and hold as many voxels.
     """
     if pred.device != label.device:
         raise ValueError(
             f"case_dice: prediction on {pred.device} but label on {label.device}; compute both on one "
-            "device (predict_probabilities returns probabilities on its input image's device)"
+            "device (grid_labels returns labels on its input image's device)"
         )
+    if pred.numel() != label.numel():
+        raise ValueError(f"case_dice: prediction of shape {tuple(pred.shape)} for a label of shape "
+                         f"{tuple(label.shape)}; predict on the label's grid")
+    k = num_classes
+    codes = (label.reshape(-1).long() * k + pred.reshape(-1).long()).clamp_(max=k * k)  # beyond: bin k*k
+    ones = torch.ones(1, dtype=torch.long, device=codes.device).expand_as(codes)
+    flat = torch.zeros(k * k + 1, dtype=torch.long, device=codes.device).scatter_add_(0, codes, ones)[: k * k]
+    confusion = flat.view(k, k)  # rows: reference class, columns: predicted class
     dtype = torch.float32 if label.device.type == "mps" else torch.float64
-    ref = torch.stack([(label == c).sum() for c in range(1, num_classes)])
-    predicted = torch.stack([(pred == c).sum() for c in range(1, num_classes)])
-    inter = torch.stack([((pred == c) & (label == c)).sum() for c in range(1, num_classes)])
+    ref, predicted, inter = confusion.sum(1)[1:], confusion.sum(0)[1:], confusion.diagonal()[1:]
     valid = (ref > 0).to(dtype)
     dice = torch.where(ref > 0, 2.0 * inter.to(dtype) / (ref + predicted).clamp(min=1).to(dtype), 0.0)
     return dice.to(dtype), valid
@@ -206,8 +215,8 @@ class SegmentationModule(NetworkModule):
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # image, label, probabilities, Dice and its sums all stay on the label's device
-        probs = predict_probabilities(self.net, batch["image"], self.cfg)
-        pred = probs.argmax(0)
+        # block by block: no classes x volume array, labels on the label's device
+        pred = grid_labels([(self.net, self.cfg)], batch["image"], self.num_classes)
         dice, valid = case_dice(pred, batch["label"], self.num_classes)
         self._val_sum = self._val_sum.to(dice.device, dice.dtype) + dice * valid
         self._val_count = self._val_count.to(valid.device, valid.dtype) + valid

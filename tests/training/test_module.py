@@ -64,11 +64,8 @@ def test_case_dice_stays_on_the_label_device_and_refuses_two_devices():
         case_dice(torch.zeros(4, 4, 4, dtype=torch.long), pred, 3)
 
 
-def test_validation_step_keeps_every_tensor_on_the_label_device(monkeypatch):
+def test_validation_step_keeps_every_tensor_on_the_label_device():
     """The whole validation step on 'meta' (network, image, label): it must never need the CPU."""
-    from medseg.inference import window
-
-    monkeypatch.setattr(window, "sliding_window_inference", lambda xi, roi, sw, run, **kw: run(xi))
     cfg, plan = tiny()
     module = SegmentationModule(**module_hparams(cfg, plan)).eval()
     module.net.to("meta")
@@ -93,3 +90,17 @@ def test_validation_sums_match_case_dice_on_cpu():
     dice, valid = case_dice(pred, label, 3)
     torch.testing.assert_close(module._val_sum, 2 * dice * valid)
     assert module._val_count.tolist() == [2.0, 0.0]
+
+
+def test_case_dice_with_many_classes_equals_per_class_masks():
+    g = torch.Generator().manual_seed(0)
+    label = torch.randint(0, 120, (20, 18, 16), generator=g)
+    noise = torch.randint(0, 120, label.shape, generator=g)
+    pred = torch.where(torch.rand(label.shape, generator=g) < 0.7, label, noise)
+    label[0, 0, :3] = 130  # a value beyond the classes counts nowhere
+    dice, valid = case_dice(pred, label, 120)
+    for c in (1, 57, 119):
+        inter = int(((pred == c) & (label == c)).sum())
+        expected = 2 * inter / (int((pred == c).sum()) + int((label == c).sum()))
+        assert abs(float(dice[c - 1]) - expected) < 1e-12
+    assert valid.shape == (119,) and bool(valid.all())

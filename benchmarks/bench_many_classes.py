@@ -1,0 +1,172 @@
+"""Many-structure prediction: peak memory and time by class count, block-wise vs one whole-volume block.
+
+The CT-sized phantom of the inference benchmark (512x512x300 at 0.8x0.8x2.5 mm, LPS,
+network at 1.6x1.6x2.5 mm: a 256x256x300 network grid) and a whole-body-sized one
+(512x512x1000), predicted by the same randomly initialised 3D UNet (channels 8-16-32,
+patch 64^3, overlap 0.5, Gaussian blending) built with 3, 20 or 118 output classes
+(118: TotalSegmentator's label set, background included). Each run is its own
+subprocess; time = read -> mask written (imports and model loading excluded, after one
+untimed warm-up on a corner of the image); peak memory = the subprocess's VmHWM.
+
+``--code DIR`` runs the children with another checkout of medseg first on the path (e.g. a
+worktree of the commit before block-wise prediction) for a before/after comparison.
+``--block-mb`` sets the predictor's block budget (default: medseg's).
+
+    .venv/bin/python benchmarks/bench_many_classes.py --classes 3,20,118 --slices 300,1000 [--tta] [--code DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+
+
+def setup(workdir: Path, slices: int, classes: int, tta: bool) -> dict[str, str]:
+    """The phantom CT (uncompressed NIfTI, written once) and a random network's checkpoint."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    sys.path.insert(0, str(HERE))
+    from bench_inference import _phantom
+
+    from medseg.config import DataConfig, InferenceConfig, ModelConfig, PipelineConfig
+    from medseg.data.preprocess import PreprocessingPlan
+    from medseg.training.module import SegmentationModule, module_hparams
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    shape, spacing = (512, 512, slices), (0.8, 0.8, 2.5)
+    image = workdir / f"ct_{slices}.nii"
+    if not image.exists():
+        affine = np.diag([-spacing[0], -spacing[1], spacing[2], 1.0])
+        affine[:3, 3] = [-(n * s) / 2 for n, s in zip(shape, spacing, strict=True)]
+        img = nib.Nifti1Image(_phantom(shape, "ct"), affine)
+        img.header.set_qform(affine, code=1)
+        img.header.set_sform(affine, code=1)
+        nib.save(img, str(image))
+    warmup = workdir / "warmup.nii"
+    if not warmup.exists():
+        src: Any = nib.load(str(image))
+        nib.save(src.slicer[:96, :96, :72], str(warmup))
+    ckpt = workdir / f"model_{classes}{'_tta' if tta else ''}.ckpt"
+    if not ckpt.exists():
+        labels = {"background": 0, **{f"structure_{i}": i for i in range(1, classes)}}
+        plan = PreprocessingPlan(
+            target_spacing=[1.6, 1.6, 2.5], normalization="ct", labels=labels, ct_clip=[-1000.0, 1000.0],
+            ct_mean=50.0, ct_std=300.0, crop_foreground=False,
+        )
+        cfg = PipelineConfig(
+            model=ModelConfig(channels=[8, 16, 32]), data=DataConfig(patch_size=[64, 64, 64]),
+            inference=InferenceConfig(overlap=0.5, sw_batch_size=4, blend="gaussian", tta=tta),
+        )
+        torch.manual_seed(0)
+        module = SegmentationModule(**module_hparams(cfg, plan))
+        torch.save({"hyper_parameters": module_hparams(cfg, plan), "state_dict": module.state_dict()}, ckpt)
+    return {"image": str(image), "ckpt": str(ckpt), "warmup": str(warmup)}
+
+
+def _peak_rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    from medseg.data.io import read_volume, write_label
+    from medseg.inference.predictor import Predictor
+
+    torch.set_num_threads(args.threads)
+    kwargs = {"block_bytes": int(args.block_mb * 2**20)} if args.block_mb else {}
+    predictor = Predictor.from_checkpoints([args.ckpt], device="cpu", **kwargs)
+
+    def one(path: str, target: str) -> None:
+        volume = read_volume(path)
+        labels = predictor.predict_volume(volume)
+        write_label(target, labels, volume)
+
+    one(args.warmup, args.out + ".warmup.nii.gz")
+    start = time.perf_counter()
+    one(args.image, args.out)
+    seconds = time.perf_counter() - start
+    plan = getattr(predictor, "last_plan", None)
+    print(json.dumps({
+        "seconds": seconds, "peak_rss_mb": _peak_rss_mb(),
+        "blocks": len(plan.blocks) if plan is not None else 1,
+        "overhead": plan.overhead if plan is not None else 1.0,
+    }))
+
+
+def run_child(files: dict[str, str], out: Path, threads: int, code: str | None, block_mb: float | None
+              ) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", "--image", files["image"], "--ckpt", files["ckpt"],
+           "--warmup", files["warmup"], "--out", str(out), "--threads", str(threads)]
+    if block_mb:
+        cmd += ["--block-mb", str(block_mb)]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (code or str(ROOT), env.get("PYTHONPATH", "")) if p)
+    proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", env=env, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"child failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def agreement(a: Path, b: Path) -> float:
+    import nibabel as nib
+    import numpy as np
+
+    ma = np.asanyarray(nib.load(str(a)).dataobj)  # type: ignore[attr-defined]
+    mb = np.asanyarray(nib.load(str(b)).dataobj)  # type: ignore[attr-defined]
+    return float((ma == mb).mean())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--image")
+    parser.add_argument("--ckpt")
+    parser.add_argument("--warmup")
+    parser.add_argument("--out")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--classes", default="3,20,118")
+    parser.add_argument("--slices", default="300")
+    parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--code", help="another medseg checkout to run (before/after)")
+    parser.add_argument("--block-mb", type=float, default=None)
+    parser.add_argument("--compare-to", help="folder of masks of an earlier run (same names) to compare with")
+    parser.add_argument("--workdir", default="/tmp/medseg-bench-many")
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args)
+        return 0
+    work = Path(args.workdir)
+    tag = "code" if args.code else "here"
+    rows = []
+    for slices in [int(s) for s in args.slices.split(",")]:
+        for classes in [int(c) for c in args.classes.split(",")]:
+            files = setup(work, slices, classes, args.tta)
+            out = work / f"out_{tag}_{slices}_{classes}{'_tta' if args.tta else ''}.nii.gz"
+            result = run_child(files, out, args.threads, args.code, args.block_mb)
+            row = {"slices": slices, "classes": classes, "tta": args.tta, **result}
+            if args.compare_to:
+                other = Path(args.compare_to) / out.name.replace(f"out_{tag}_", "out_code_")
+                if other.exists():
+                    row["agreement"] = agreement(out, other)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,242 @@
+"""Class probabilities for one block of the network grid, exactly as the whole-volume pass has them.
+
+For a 3D network, the block sums the windows of the whole-volume sliding-window grid
+(:func:`medseg.inference.blocks.window_grid`) that overlap it, each weighted by MONAI's
+importance map (Gaussian or constant), in MONAI's window order, divided by the same sum of
+weights; then softmax; mirroring TTA repeats this for every combination of the axes
+mirrored in training, on the mirrored window grid that MONAI would use on the flipped
+image, and averages the probabilities. A window that overlaps two blocks is evaluated for
+each (the cost that :func:`medseg.inference.blocks.plan_blocks` minimises); only its part
+inside the block is accumulated. A 2D network's windows lie within a slice, so a block of
+slices is exact by construction (:func:`medseg.inference.window.predict_probabilities`
+on the slices).
+
+Memory: ``classes x block`` float32 for the accumulated logits, the same again for the
+sum over passes when there is more than one (TTA or an ensemble), plus one window batch
+of network output, bounded by :data:`WINDOW_BYTES`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from monai.data.utils import compute_importance_map
+
+from medseg.config import PipelineConfig, patch_mirror_axes
+from medseg.inference.blocks import BlockPlan, Box, WindowGrid, intersects, plan_blocks, window_grid
+from medseg.inference.geometry import running_argmax
+from medseg.inference.window import _logits_only, predict_probabilities
+
+BLOCK_BYTES = 256 * 2**20
+"""Default budget (bytes) of one block's class probabilities and their companions
+(:func:`bytes_per_voxel`): the whole 256x256x300 network grid of a 512x512x300 CT at 1.6 mm
+with 3 classes is one block; with 118 classes it is cut into blocks."""
+
+WINDOW_BYTES = 128 * 2**20
+"""Budget of one batch of window logits: ``sw_batch_size`` shrinks for many classes."""
+
+
+def flips_for(cfg: PipelineConfig, tta: bool) -> list[tuple[int, ...]]:
+    """Spatial axes (0-based) of every mirrored pass: ``[()]`` without TTA."""
+    if not tta:
+        return [()]
+    axes = list(patch_mirror_axes(cfg))
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
+def network_grid(cfg: PipelineConfig, shape: Sequence[int]) -> WindowGrid:
+    """The whole-volume window grid of a 3D network on a grid of ``shape``."""
+    return window_grid(shape, tuple(cfg.data.patch_size), cfg.inference.overlap)
+
+
+def _crop(image: torch.Tensor, start: Sequence[int], roi: Sequence[int]) -> torch.Tensor:
+    """(C, *roi) window of ``image`` (C, *spatial) at ``start``; zeros outside the image."""
+    shape = image.shape[1:]
+    if all(s >= 0 and s + r <= n for s, r, n in zip(start, roi, shape, strict=True)):
+        return image[(slice(None), *(slice(s, s + r) for s, r in zip(start, roi, strict=True)))]
+    out = image.new_zeros((image.shape[0], *roi))
+    src, dst = [], []
+    for s, r, n in zip(start, roi, shape, strict=True):
+        lo, hi = max(s, 0), min(s + r, n)
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s, hi - s))
+    out[(slice(None), *dst)] = image[(slice(None), *src)]
+    return out
+
+
+def _overlap(start: Sequence[int], roi: Sequence[int], box: Box) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """(window slices, block slices) of the part of a window inside ``box``."""
+    win, blk = [], []
+    for s, r, (lo, hi) in zip(start, roi, box, strict=True):
+        a, b = max(s, lo), min(s + r, hi)
+        win.append(slice(a - s, b - s))
+        blk.append(slice(a - lo, b - lo))
+    return tuple(win), tuple(blk)
+
+
+def _pass_logits(
+    net: torch.nn.Module, image: torch.Tensor, grid: WindowGrid, box: Box, flip: tuple[int, ...],
+    weight: torch.Tensor, sw_batch: int, num_classes: int,
+) -> torch.Tensor:
+    """Blended logits (K, *box) of one (possibly mirrored) sliding-window pass, on the net's device."""
+    device = weight.device
+    run = _logits_only(net)
+    dims = [1 + a for a in flip]  # window tensors are (B, C, *spatial); per window (C, *spatial)
+    shape = tuple(hi - lo for lo, hi in box)
+    acc = torch.zeros((num_classes, *shape), dtype=torch.float32, device=device)
+    count = torch.zeros(shape, dtype=torch.float32, device=device)
+    w = torch.flip(weight, [d - 1 for d in dims]) if dims else weight
+    starts = [s for s in grid.windows(flip) if intersects(s, grid.roi, box)]
+    for i in range(0, len(starts), sw_batch):
+        batch = starts[i : i + sw_batch]
+        x = torch.stack([_crop(image, s, grid.roi) for s in batch]).to(device)
+        if dims:
+            x = torch.flip(x, [d + 1 for d in dims])
+        logits = torch.as_tensor(run(x)).float()
+        if dims:
+            logits = torch.flip(logits, [d + 1 for d in dims])
+        for start, out in zip(batch, logits, strict=True):
+            win, blk = _overlap(start, grid.roi, box)
+            part = out[(slice(None), *win)] * w[win]
+            acc[(slice(None), *blk)] += part
+            count[blk] += w[win]
+        del logits, x
+    return acc.div_(count)
+
+
+def softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim 0, in place (no second ``classes x block`` buffer)."""
+    logits.sub_(logits.max(dim=0, keepdim=True).values).exp_()
+    return logits.div_(logits.sum(dim=0, keepdim=True))
+
+
+def member_probabilities(net: torch.nn.Module, image: torch.Tensor, cfg: PipelineConfig, box: Box,
+                         num_classes: int) -> torch.Tensor:
+    """Softmax probabilities (K, *box) of one network over ``box``, averaged over its TTA passes.
+
+    ``image``: the whole preprocessed image (C, *spatial) on any device; windows are cut
+    from it and run on the network's device, where the result stays.
+    """
+    device = next(net.parameters()).device
+    flips = flips_for(cfg, cfg.inference.tta)
+    if cfg.model.spatial_dims == 2:
+        return _slices_2d(net, image, cfg, box, flips).to(device)
+    grid = network_grid(cfg, image.shape[1:])
+    roi_voxels = 1
+    for r in grid.roi:
+        roi_voxels *= r
+    per_window = num_classes * roi_voxels * 4 * 3  # logits, flipped copy, weighted part
+    sw_batch = max(1, min(cfg.inference.sw_batch_size, WINDOW_BYTES // per_window))
+    # MONAI's weights, built on the CPU (it reads their minimum back) and moved once
+    weight = compute_importance_map(grid.roi, mode=cfg.inference.blend, device="cpu", dtype=torch.float32).to(device)
+    total: torch.Tensor | None = None
+    for flip in flips:
+        probs = softmax_(_pass_logits(net, image, grid, box, flip, weight, sw_batch, num_classes))
+        total = probs if total is None else total.add_(probs)
+        del probs
+    if total is None:  # pragma: no cover - flips is never empty
+        raise RuntimeError("no passes")
+    return total.div_(len(flips)) if len(flips) > 1 else total
+
+
+def _slices_2d(net: torch.nn.Module, image: torch.Tensor, cfg: PipelineConfig, box: Box,
+               flips: list[tuple[int, ...]]) -> torch.Tensor:
+    """A 2D network over the slices of ``box`` (slice axis ``data.slice_axis``), in-plane whole.
+
+    Blocks of a 2D network cut only the slice axis, so the in-plane box is the whole plane
+    and the existing slice-by-slice prediction gives exactly the whole-volume result.
+    """
+    axis = cfg.data.slice_axis
+    lo, hi = box[axis]
+    half = cfg.data.slab_slices // 2
+    a, b = max(0, lo - half), min(image.shape[1 + axis], hi + half)
+    sub = image.narrow(1 + axis, a, b - a)
+    # the slab neighbours of [lo, hi): real slices, zeros beyond the image as in the whole-volume
+    # path; predict_probabilities pads ``half`` zero slices at both ends again, whose
+    # predictions are cut off below
+    pads = [0, 0] * 3
+    pads[2 * (2 - axis)] = a - (lo - half)
+    pads[2 * (2 - axis) + 1] = (hi + half) - b
+    sub = F.pad(sub, pads) if any(pads) else sub
+    probs = predict_probabilities(net, sub, cfg, tta=len(flips) > 1)
+    return probs.narrow(1 + axis, half, hi - lo) if half else probs
+
+
+def block_probabilities(
+    members: Sequence[tuple[torch.nn.Module, PipelineConfig]], image: torch.Tensor, box: Box, num_classes: int
+) -> torch.Tensor:
+    """Probabilities (K, *box): each member's mean over its TTA passes, averaged over members,
+    on the first member's device (the order of operations of the whole-volume path)."""
+    total: torch.Tensor | None = None
+    for net, cfg in members:
+        probs = member_probabilities(net, image, cfg, box, num_classes)
+        total = probs if total is None else total.add_(probs.to(total.device))
+        del probs
+    if total is None:
+        raise ValueError("block_probabilities needs at least one network")
+    return total.div_(len(members)) if len(members) > 1 else total
+
+
+def bytes_per_voxel(members: Sequence[tuple[torch.nn.Module, PipelineConfig]], num_classes: int) -> int:
+    """Peak bytes per network-grid voxel of a block: the accumulated logits, the sum over
+    TTA passes and over members where there is more than one, and the resampling's
+    argmax/second-best maps."""
+    buffers = 1
+    if any(len(flips_for(cfg, cfg.inference.tta)) > 1 for _, cfg in members):
+        buffers += 1
+    if len(members) > 1:
+        buffers += 1
+    return 4 * num_classes * buffers + 16
+
+
+def plan_for(
+    members: Sequence[tuple[torch.nn.Module, PipelineConfig]], shape: Sequence[int], num_classes: int,
+    budget_bytes: int,
+) -> BlockPlan:
+    """Blocks of a network grid of ``shape`` for these members within ``budget_bytes``.
+
+    3D networks: :func:`medseg.inference.blocks.plan_blocks` over their window grids. With
+    a 2D member, blocks cut only its slice axis (its windows lie in the plane).
+    """
+    shape = tuple(shape)
+    per_voxel = bytes_per_voxel(members, num_classes)
+    two_d = [cfg for _, cfg in members if cfg.model.spatial_dims == 2]
+    if not two_d:
+        return plan_blocks(shape, [network_grid(cfg, shape) for _, cfg in members], per_voxel, budget_bytes)
+    axes = {cfg.data.slice_axis for cfg in two_d}
+    whole = tuple((0, n) for n in shape)
+    if len(axes) > 1 or len(two_d) < len(members):  # mixed ensembles: one block
+        return BlockPlan(shape, (whole,), 0, 0)
+    axis = axes.pop()
+    plane = 1
+    for a, n in enumerate(shape):
+        plane *= n if a != axis else 1
+    per_block = max(1, budget_bytes // (per_voxel * plane) - 1)
+    blocks = []
+    for lo in range(0, shape[axis], per_block):
+        box = list(whole)
+        box[axis] = (lo, min(shape[axis], lo + per_block))
+        blocks.append(tuple(box))
+    return BlockPlan(shape, tuple(blocks), 0, 0)
+
+
+def grid_labels(
+    members: Sequence[tuple[torch.nn.Module, PipelineConfig]], image: torch.Tensor, num_classes: int,
+    budget_bytes: int = BLOCK_BYTES,
+) -> torch.Tensor:
+    """Argmax labels on the network grid (uint8, int16 above 256 classes), block by block.
+
+    What validation needs: no ``classes x volume`` array, and the labels on ``image``'s device
+    (in training, the label's), whatever device the networks run on.
+    """
+    shape = tuple(image.shape[1:])
+    plan = plan_for(members, shape, num_classes, budget_bytes)
+    out = torch.empty(shape, dtype=torch.uint8 if num_classes <= 256 else torch.int16, device=image.device)
+    for box in plan.blocks:
+        probs = block_probabilities(members, image, box, num_classes)
+        out[tuple(slice(lo, hi) for lo, hi in box)] = running_argmax(probs[None])[0].to(image.device)
+        del probs
+    return out

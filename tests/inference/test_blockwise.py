@@ -1,0 +1,122 @@
+"""Block-wise probabilities equal the whole-volume sliding window (MONAI's), block by block."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from medseg.config import PipelineConfig
+from medseg.inference.blocks import evaluated
+from medseg.inference.blockwise import block_probabilities, bytes_per_voxel, flips_for, plan_for
+from medseg.inference.window import predict_probabilities
+from tests.inference.inference_helpers import tiny_config
+
+
+class ConvNet(torch.nn.Module):
+    """Two 3x3(x3) convolutions with zero padding: the output near a window's edge depends on
+    where the window lies, so blocks that ran other windows, weights or flips would differ."""
+
+    def __init__(self, classes: int, dims: int = 3, in_channels: int = 1, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        conv = torch.nn.Conv3d if dims == 3 else torch.nn.Conv2d
+        self.net = torch.nn.Sequential(conv(in_channels, 6, 3, padding=1), torch.nn.Tanh(),
+                                       conv(6, classes, 3, padding=1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x) * 4.0
+
+
+def _cfg(roi: list[int], tta: bool, overlap: float = 0.5, mirror: list[int] | None = None) -> PipelineConfig:
+    cfg = tiny_config(overlap=overlap, tta=tta)
+    cfg.inference.sw_batch_size = 3
+    cfg.data.patch_size = roi
+    cfg.data.mirror_axes = mirror
+    return cfg
+
+
+def _whole(members: list[tuple[torch.nn.Module, PipelineConfig]], image: torch.Tensor) -> torch.Tensor:
+    total = None
+    for net, cfg in members:
+        p = predict_probabilities(net, image, cfg, tta=cfg.inference.tta)
+        total = p if total is None else total + p
+    assert total is not None
+    return total / len(members)
+
+
+@pytest.mark.parametrize(
+    ("shape", "members_spec"),
+    [
+        ((30, 24, 20), [([16, 16, 16], False, None)]),
+        ((30, 11, 22), [([16, 16, 16], True, [0, 1])]),  # axis 1 smaller than the window: padded, mirrored
+        ((25, 22, 17), [([16, 16, 16], True, [2]), ([12, 20, 12], False, None)]),  # ensemble, TTA on one member
+    ],
+)
+def test_blocks_reassemble_the_whole_volume_probabilities(
+    shape: tuple[int, int, int], members_spec: list[tuple[list[int], bool, list[int] | None]]
+) -> None:
+    classes = 12
+    members = [(ConvNet(classes, seed=i).eval(), _cfg(roi, tta, mirror=mirror))
+               for i, (roi, tta, mirror) in enumerate(members_spec)]
+    image = torch.randn(1, *shape)
+    with torch.no_grad():
+        whole = _whole(members, image)
+        plan = plan_for(members, shape, classes, bytes_per_voxel(members, classes) * 5000)
+        assert len(plan.blocks) >= 2  # really cut into blocks
+        for box in plan.blocks:
+            ev = evaluated(box, shape)
+            got = block_probabilities(members, image, ev, classes)
+            want = whole[(slice(None), *(slice(lo, hi) for lo, hi in ev))]
+            torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+
+
+def test_2d_blocks_cut_the_slice_axis_and_keep_slab_neighbours() -> None:
+    cfg = dataclasses.replace(_cfg([8, 8], True))
+    cfg.model = dataclasses.replace(cfg.model, spatial_dims=2)
+    cfg.data.slice_axis, cfg.data.slab_slices = 1, 3
+    members = [(ConvNet(5, dims=2, in_channels=3).eval(), cfg)]
+    shape = (12, 11, 10)
+    image = torch.randn(1, *shape)
+    with torch.no_grad():
+        whole = _whole(members, image)
+        plan = plan_for(members, shape, 5, bytes_per_voxel(members, 5) * 12 * 10 * 3)
+        assert len(plan.blocks) >= 4
+        assert all(box[0] == (0, 12) and box[2] == (0, 10) for box in plan.blocks)
+        for box in plan.blocks:
+            ev = evaluated(box, shape)
+            got = block_probabilities(members, image, ev, 5)
+            torch.testing.assert_close(got, whole[:, :, ev[1][0] : ev[1][1]], rtol=0, atol=2e-6)
+
+
+def test_window_batches_shrink_for_many_classes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import medseg.inference.blockwise as bw
+
+    sizes: list[int] = []
+    real = bw._pass_logits
+
+    def spy(*args: object) -> torch.Tensor:
+        sizes.append(int(args[6]))  # type: ignore[call-overload]
+        return real(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(bw, "_pass_logits", spy)
+    monkeypatch.setattr(bw, "WINDOW_BYTES", 16**3 * 4 * 3 * 40)  # room for 40 class-windows
+    for classes, expected in ((4, 3), (20, 2), (50, 1)):
+        members = [(ConvNet(classes).eval(), _cfg([16, 16, 16], False))]
+        with torch.no_grad():
+            block_probabilities(members, torch.randn(1, 16, 16, 16), ((0, 16),) * 3, classes)
+        assert sizes[-1] == expected
+
+
+def test_flips_follow_the_mirror_axes() -> None:
+    assert flips_for(_cfg([16, 16, 16], True, mirror=[0, 2]), True) == [(), (0,), (2,), (0, 2)]
+    assert flips_for(_cfg([16, 16, 16], True), False) == [()]
+
+
+def test_block_probabilities_sum_to_one() -> None:
+    members = [(ConvNet(3).eval(), _cfg([16, 16, 16], True))]
+    with torch.no_grad():
+        out = block_probabilities(members, torch.randn(1, 16, 16, 16), ((2, 9), (0, 16), (5, 6)), 3)
+    assert out.shape == (3, 7, 16, 1)
+    torch.testing.assert_close(out.sum(0), torch.ones(7, 16, 1))

@@ -1,0 +1,80 @@
+"""Argmax of resampled probabilities block by block: equal to resampling every class of the whole volume."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from medseg.inference.blocks import evaluated, plan_blocks, window_grid
+from medseg.inference.geometry import resample_argmax
+from medseg.inference.resample import block_labels, grid_taps, top2
+
+
+def _peaky(classes: int, shape: tuple[int, ...], seed: int, smooth: int = 3) -> torch.Tensor:
+    """Smooth random class fields, softmax-ed: many structures meeting at many boundaries."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn((1, classes, *shape), generator=g) * 6.0
+    logits = F.avg_pool3d(logits, smooth, stride=1, padding=smooth // 2, count_include_pad=False)
+    return torch.softmax(logits[0] * 3.0, dim=0)
+
+
+def _blockwise(probs: torch.Tensor, out_shape: tuple[int, int, int], budget_voxels: int, dtype: type,
+               roi: tuple[int, int, int] = (8, 8, 8)) -> np.ndarray:
+    shape = tuple(probs.shape[1:])
+    plan = plan_blocks(shape, [window_grid(shape, roi, 0.5)], 1, budget_voxels)
+    taps = grid_taps(shape, out_shape)
+    out = np.full(out_shape, 231 if dtype is np.uint8 else 999, dtype=dtype, order="F")  # not a label here: unwritten voxels would show
+    for box in plan.blocks:
+        ev = evaluated(box, shape)
+        block_labels(probs[(slice(None), *(slice(lo, hi) for lo, hi in ev))], box, taps, out)
+    assert len(plan.blocks) > 1
+    return out
+
+
+def _near_ties(probs: torch.Tensor, out_shape: tuple[int, int, int]) -> np.ndarray:
+    """Output voxels where the two best interpolated classes are within float rounding."""
+    full = F.interpolate(probs[None], size=out_shape, mode="trilinear", align_corners=False)[0]
+    best2 = full.topk(2, dim=0).values
+    return (best2[0] - best2[1] < 1e-5).numpy()
+
+
+@pytest.mark.parametrize(
+    ("classes", "shape", "out_shape"),
+    [(40, (21, 17, 13), (42, 34, 13)),   # in-plane upsampling by 2 (a CT at half resolution)
+     (7, (20, 18, 16), (31, 11, 23)),    # up, down and odd ratios
+     (300, (9, 8, 7), (18, 13, 9)),      # more than 256 classes: int16 labels
+     (5, (16, 12, 10), (16, 12, 10))],   # the same grid: no resampling
+)
+def test_block_labels_equal_whole_volume_resampling(
+    classes: int, shape: tuple[int, int, int], out_shape: tuple[int, int, int]
+) -> None:
+    probs = _peaky(classes, shape, seed=classes)
+    dtype = np.uint8 if classes <= 256 else np.uint16
+    expected = resample_argmax(probs, out_shape, dtype)
+    got = _blockwise(probs, out_shape, 600 if classes < 256 else 150, dtype, (8, 8, 8) if classes < 256 else (4, 4, 4))
+    differ = got != expected
+    ties = _near_ties(probs, out_shape)
+    assert not (differ & ~ties).any(), f"{int((differ & ~ties).sum())} voxels differ away from a tie"
+    assert differ.sum() <= max(2, 0.001 * differ.size)
+
+
+def test_a_class_that_is_no_neighbours_argmax_can_win() -> None:
+    """Neighbours (A .5, B .4, C .1) and (C .5, B .4, A .1): halfway, B (0.4) beats A and C (0.3).
+    B is not a candidate; the bound (second-best .4) is not below the best candidate, so the
+    voxel is computed over every class."""
+    probs = torch.zeros(3, 2, 1, 1)
+    probs[:, 0, 0, 0] = torch.tensor([0.5, 0.4, 0.1])
+    probs[:, 1, 0, 0] = torch.tensor([0.1, 0.4, 0.5])
+    out = np.full((4, 1, 1), 9, dtype=np.uint8)
+    block_labels(probs, ((0, 2), (0, 1), (0, 1)), grid_taps((2, 1, 1), (4, 1, 1)), out)
+    # output voxel 1 (source 0.25) -> A .4 B .4 C .2: tie, first class; voxel 2 (0.75) -> C .4 B .4: B first
+    np.testing.assert_array_equal(out[:, 0, 0], [0, 0, 1, 2])
+
+
+def test_top2() -> None:
+    probs = torch.tensor([[0.2, 0.5, 0.3], [0.5, 0.5, 0.1], [0.3, 0.0, 0.6]]).T  # (K=3, 3 voxels)
+    index, second = top2(probs.T.contiguous().T.contiguous())
+    torch.testing.assert_close(second, torch.tensor([0.3, 0.5, 0.3]))
+    assert index.tolist() == [1, 0, 2]  # ties: the first class
