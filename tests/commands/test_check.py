@@ -12,14 +12,7 @@ import pytest
 
 from medseg.commands import check as check_cmd
 from medseg.data.manifest import load_manifest
-from tests.data.test_check import EXPECTED
-
-
-def _cli(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="medseg")
-    check_cmd.add_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+from tests.data.test_check import EXPECTED, _cli
 
 
 def test_clean_dataset_exits_0_with_the_summary(valid_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
