@@ -28,8 +28,9 @@ AFFINE_ATOL_MM = 1e-3
 1 µm: far below any voxel size, and above what storage loses. NIfTI keeps the sform as float32,
 so an affine from an NRRD/MHA/DICOM input with an origin of -611.123456 mm comes back 1.8e-5 mm
 off (measured; float32's step at 600 mm is 6e-5 mm, at 2,000 mm 1.2e-4 mm). The earlier 1e-5
-tolerance of the written-mask check therefore rejected correct masks of CT series whose origin
-lies beyond ~150 mm, and 1e-4 would still fail beyond ~1,000 mm.
+tolerance of the written-mask check therefore removed correct masks whenever such an origin was
+not itself a float32 number (the sample CT series' origin is one: difference 0), and 1e-4 would
+still fail beyond ~1,000 mm.
 """
 
 _RAS = nib.orientations.axcodes2ornt("RAS")
