@@ -26,11 +26,11 @@ AFFINE_ATOL_MM = 1e-3
 """Largest absolute difference (mm) between two affines' entries that still counts as one grid.
 
 1 µm: far below any voxel size, and above what storage loses. NIfTI keeps the sform as float32,
-so an affine from an NRRD/MHA/DICOM input with an origin of -611.123456 mm comes back 1.8e-5 mm
-off (measured; float32's step at 600 mm is 6e-5 mm, at 2,000 mm 1.2e-4 mm). The earlier 1e-5
-tolerance of the written-mask check therefore removed correct masks whenever such an origin was
-not itself a float32 number (the sample CT series' origin is one: difference 0), and 1e-4 would
-still fail beyond ~1,000 mm.
+which rounds a coordinate by up to half its step: 1.5e-5 mm between 256 and 512 mm, 3e-5 mm up
+to 1,024 mm, 6e-5 mm up to 2,048 mm (an origin of -611.123456 mm came back 1.8e-5 mm off,
+measured). The earlier 1e-5 tolerance of the written-mask check therefore removed correct masks
+of NRRD/MHA/DICOM inputs whose origin lies beyond 256 mm and is not itself a float32 number (the
+sample CT series' origin is one: difference 0); 1e-4 would leave under a factor 2 of margin.
 """
 
 _RAS = nib.orientations.axcodes2ornt("RAS")
