@@ -30,8 +30,9 @@ import torch
 from scipy import ndimage
 
 from medseg.config import CrfConfig
+from medseg.data.grid import voxel_spacing
 from medseg.data.io import read_label, read_volume
-from medseg.inference.crf import grid_spacing, refine_probabilities
+from medseg.inference.crf import refine_probabilities
 
 DATA = Path(os.environ.get("MEDSEG_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
 
@@ -83,7 +84,7 @@ def main() -> int:
         probs = _probs(label, len(names), strength, noise, seed=i)
         before = probs.argmax(0).numpy()
         t = time.perf_counter()
-        refine_probabilities(probs, image, grid_spacing(affine), CrfConfig(enabled=True), names)
+        refine_probabilities(probs, image, voxel_spacing(affine), CrfConfig(enabled=True), names)
         seconds = time.perf_counter() - t
         after = probs.argmax(0).numpy()
         for s, lab in names.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -17,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     from medseg.data.synthetic import generate_dataset
 
     if args.cases < 1:
-        print(f"medseg synth: --cases {args.cases} must be >= 1")
+        print(f"medseg synth: --cases {args.cases} must be >= 1", file=sys.stderr)
         return 2
     path = generate_dataset(args.output, cases=args.cases, seed=args.seed)
     print(f"wrote {args.cases} phantom cases and {path}")

@@ -21,7 +21,7 @@ channel_geometry        error     the channel files of one case differ in shape 
 wrong_channel_count     error     the images provide a different number of channels than
                                   the manifest's ``channel_names``
 shape_mismatch          error     image and label spatial shapes (X, Y, Z) differ
-affine_mismatch         error     image and label affines differ by more than 1e-3 mm
+affine_mismatch         error     image and label affines differ by more than grid.AFFINE_ATOL_MM (1e-3 mm)
 label_dimensions        error     the label map is not a 3D volume
 nan_values              error     NaN or infinite voxels in an image or a label map
 non_integer_label       error     a float label map holds non-integer values
@@ -47,11 +47,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from medseg.data.grid import AFFINE_ATOL_MM, affine_difference
 from medseg.data.io import ImageReadError, Volume, read_volume
 from medseg.data.manifest import Case, Manifest, load_manifest
-
-AFFINE_TOLERANCE_MM = 1e-3
-"""Largest allowed absolute difference between two affines' entries (mm)."""
 
 _SLAB_VOXELS = 1 << 24  # label maps are scanned in Z slabs of about this many voxels
 
@@ -93,11 +91,11 @@ def _fmt(x: float) -> str:
 
 def _affine_diff(a: np.ndarray, b: np.ndarray) -> str | None:
     """None when two 4x4 affines agree within the tolerance, else "up to D mm (where)"."""
-    diff = np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
-    if diff.max() <= AFFINE_TOLERANCE_MM:
+    if affine_difference(a, b) <= AFFINE_ATOL_MM:
         return None
+    diff = np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64))
     where = "origin" if diff[:3, 3].max() >= diff[:3, :3].max() else "spacing/direction"
-    return f"up to {_fmt(float(diff.max()))} mm ({where}; tolerance {AFFINE_TOLERANCE_MM} mm)"
+    return f"up to {_fmt(float(diff.max()))} mm ({where}; tolerance {AFFINE_ATOL_MM} mm)"
 
 
 def _gzip_damage(path: Path) -> str | None:

@@ -13,9 +13,10 @@ import numpy as np
 from scipy import ndimage
 
 from medseg.config import PipelineConfig
+from medseg.data.grid import canonical_transform, to_canonical
 from medseg.data.io import read_label, read_volume
 from medseg.data.manifest import Case, Manifest
-from medseg.data.preprocess import PreprocessingPlan, canonical_transform
+from medseg.data.preprocess import PreprocessingPlan
 
 MAX_INTENSITY_SAMPLES = 20_000
 
@@ -41,13 +42,6 @@ class Fingerprint:
         return [int(v) for v in np.median(np.asarray(self.shapes), axis=0)]
 
 
-def _canonical(values: tuple[float, ...] | tuple[int, ...], ornt: np.ndarray) -> list[float]:
-    out = [0.0, 0.0, 0.0]
-    for src, (dst, _) in enumerate(ornt):
-        out[int(dst)] = float(values[src])
-    return out
-
-
 def class_centroids(label: np.ndarray, affine: np.ndarray) -> dict[int, list[float]]:
     """Centre of mass of each foreground label in world coordinates (mm, RAS+ as in NIfTI)."""
     ids = [int(c) for c in np.unique(label) if c != 0]
@@ -64,8 +58,8 @@ def compute_fingerprint(cases: list[Case], seed: int = 0) -> Fingerprint:
     for case in cases:
         vol = read_volume(case.images[0])
         ornt = canonical_transform(vol.affine)
-        fp.spacings.append(_canonical(vol.spacing, ornt))
-        fp.shapes.append([int(v) for v in _canonical(vol.spatial_shape, ornt)])
+        fp.spacings.append(to_canonical(vol.spacing, ornt))
+        fp.shapes.append([int(v) for v in to_canonical(vol.spatial_shape, ornt)])
         if case.label is not None:
             lab = read_label(case.label).array
             img = vol.array if vol.array.ndim == 3 else vol.array[0]

@@ -19,6 +19,7 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
+from medseg.data.grid import label_dtype, same_grid, voxel_spacing
 from medseg.utils import atomic_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -54,7 +55,7 @@ class Volume:
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along the array's X, Y, Z axes."""
-        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+        return voxel_spacing(self.affine)
 
     @property
     def num_channels(self) -> int:
@@ -121,7 +122,7 @@ def sitk_to_affine(image: Any) -> np.ndarray:
 def affine_to_sitk(affine: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...], tuple[float, ...]]:
     """4x4 RAS affine -> SimpleITK (spacing, origin, direction) in LPS."""
     lps = _LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)
-    spacing = np.linalg.norm(lps[:3, :3], axis=0)
+    spacing = np.asarray(voxel_spacing(affine))  # column norms: the LPS flip keeps them
     direction = lps[:3, :3] / spacing[None, :]
     return tuple(spacing), tuple(lps[:3, 3]), tuple(direction.ravel())
 
@@ -209,12 +210,12 @@ def read_label(path: Path | str) -> Volume:
         arr = rounded
     if arr.size and arr.min() < 0:
         raise ImageReadError(f"{path}: label map has negative values (min {arr.min()})")
-    vol.array = arr.astype(np.uint16 if arr.max(initial=0) > 255 else np.uint8)
+    try:
+        dtype = label_dtype(int(arr.max(initial=0)))
+    except ValueError as err:
+        raise ImageReadError(f"{path}: {err}") from None
+    vol.array = arr.astype(dtype)
     return vol
-
-
-def label_dtype(max_label: int) -> type:
-    return np.uint8 if max_label <= 255 else np.uint16
 
 
 def _nifti_image(array: np.ndarray, affine: np.ndarray, header: nib.Nifti1Header | None) -> nib.Nifti1Image:
@@ -279,10 +280,7 @@ def write_label(path: Path | str, labels: np.ndarray, reference: Volume, verify:
     write_volume(path, labels, reference.affine, reference.header)
     if verify:
         written: Any = nib.load(str(path)) if str(path).lower().endswith(NIFTI_SUFFIXES) else None
-        if written is not None and (
-            written.shape[:3] != reference.spatial_shape
-            or not np.allclose(written.affine, reference.affine, atol=1e-5, rtol=0)
-        ):
+        if written is not None and not same_grid(written.shape, written.affine, reference.spatial_shape, reference.affine):
             Path(path).unlink(missing_ok=True)
             raise RuntimeError(
                 f"{path}: written header (shape {written.shape}, affine {written.affine.tolist()}) "
@@ -291,6 +289,6 @@ def write_label(path: Path | str, labels: np.ndarray, reference: Volume, verify:
             )
 
 
-def same_geometry(a: Volume, b: Volume, atol: float = 1e-4) -> bool:
-    """Same spatial shape and affine (within ``atol`` mm)."""
-    return a.spatial_shape == b.spatial_shape and bool(np.allclose(a.affine, b.affine, atol=atol, rtol=0))
+def same_geometry(a: Volume, b: Volume) -> bool:
+    """Same spatial shape and affine (within :data:`medseg.data.grid.AFFINE_ATOL_MM`)."""
+    return same_grid(a.spatial_shape, a.affine, b.spatial_shape, b.affine)

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from medseg.data.grid import canonical_shape, canonical_spacing
 from medseg.data.io import read_label
 from medseg.utils import atomic_write_text
 
@@ -33,7 +34,6 @@ VERSION = 1
 
 def compute_label_statistics(label_paths: Sequence[Path | str], labels: Mapping[str, int]) -> dict[str, Any]:
     """Per-structure volume/component ranges and presence, and spacing/size ranges, of ``label_paths``."""
-    from medseg.inference.qa import size_ras, spacing_ras
     from medseg.inference.statistics import case_statistics
 
     per: dict[str, dict[str, Any]] = {
@@ -43,8 +43,8 @@ def compute_label_statistics(label_paths: Sequence[Path | str], labels: Mapping[
     spacings, sizes = [], []
     for path in label_paths:
         vol = read_label(path)
-        spacings.append(spacing_ras(vol.affine))
-        sizes.append(size_ras(vol.spatial_shape, vol.affine))
+        spacings.append(canonical_spacing(vol.affine))
+        sizes.append(canonical_shape(vol.spatial_shape, vol.affine))
         for row in case_statistics(str(path), vol.array, None, vol.affine, labels):
             entry = per[str(row["structure"])]
             if int(str(row["voxels"])):

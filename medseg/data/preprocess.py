@@ -20,11 +20,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from medseg.data.grid import canonical_transform, label_dtype, reorient, voxel_spacing
+
+# inverse_ornt is re-exported until inference/geometry.py imports it from medseg.data.grid
+from medseg.data.grid import inverse_ornt as inverse_ornt
 from medseg.utils import atomic_write_text
 
 
@@ -57,42 +60,6 @@ class PreprocessingPlan:
     @classmethod
     def load(cls, path: Path | str) -> PreprocessingPlan:
         return cls(**json.loads(Path(path).read_text(encoding="utf-8")))
-
-
-# ------------------------------------------------------------------ orientation
-
-
-def canonical_transform(affine: np.ndarray) -> np.ndarray:
-    """nibabel orientation transform taking the array's axes to RAS."""
-    return nib.orientations.ornt_transform(
-        nib.orientations.io_orientation(affine), nib.orientations.axcodes2ornt("RAS")
-    )
-
-
-def reorient(array: np.ndarray, affine: np.ndarray, ornt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Apply an orientation transform to a (..., X, Y, Z) array; return (array, new affine).
-
-    Lossless: only flips and axis permutations, so world coordinates of every voxel are kept.
-    """
-    spatial = array.shape[-3:]
-    lead = array.ndim - 3
-    out = array
-    # nibabel's apply_orientation works on leading spatial axes; move channels last.
-    if lead:
-        out = np.moveaxis(out, list(range(lead)), list(range(-lead, 0)))
-    out = nib.orientations.apply_orientation(out, ornt)
-    if lead:
-        out = np.moveaxis(out, list(range(-lead, 0)), list(range(lead)))
-    new_affine = affine @ nib.orientations.inv_ornt_aff(ornt, spatial)
-    return np.ascontiguousarray(out), new_affine
-
-
-def inverse_ornt(ornt: np.ndarray) -> np.ndarray:
-    """The orientation transform that undoes ``ornt``."""
-    inv = np.zeros_like(ornt)
-    for src, (dst, flip) in enumerate(ornt):
-        inv[int(dst)] = [src, flip]
-    return inv
 
 
 # ------------------------------------------------------------------ resampling
@@ -189,7 +156,7 @@ class PreparedCase:
     image: np.ndarray
     """(C, X', Y', Z') float32, canonical orientation, target spacing, normalised."""
     label: np.ndarray | None
-    """(X', Y', Z') uint8 on the same grid, when a label was given."""
+    """(X', Y', Z') uint8 (uint16 above label 255) on the same grid, when a label was given."""
     ornt: np.ndarray
     """Orientation transform applied (input -> RAS)."""
     canonical_shape: tuple[int, int, int]
@@ -223,11 +190,10 @@ def prepare_case(
     offset = np.eye(4)
     offset[:3, 3] = [b.start for b in bbox]
     crop_affine = can_affine @ offset
-    spacing = tuple(float(v) for v in np.linalg.norm(crop_affine[:3, :3], axis=0))
-    new_shape = target_shape(img.shape[1:], spacing, plan.target_spacing)
+    new_shape = target_shape(img.shape[1:], voxel_spacing(crop_affine), plan.target_spacing)
     img_t = resample(img, new_shape, order=1).numpy()
     out_affine = resampled_affine(crop_affine, img.shape[1:], new_shape)
     if lab is not None:
-        lab = resample(lab[None].astype(np.float32), new_shape, order=0)[0].numpy().astype(np.uint8)
+        lab = resample(lab[None].astype(np.float32), new_shape, order=0)[0].numpy().astype(label_dtype(int(lab.max(initial=0))))
     img_t = normalize(np.ascontiguousarray(img_t, dtype=np.float32), plan)
     return PreparedCase(img_t, lab, ornt, canonical_shape, bbox, out_affine)  # type: ignore[arg-type]

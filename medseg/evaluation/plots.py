@@ -13,12 +13,12 @@ import io
 import math
 from collections.abc import Mapping, Sequence
 
-import nibabel as nib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from medseg.data.grid import canonical_spacing, canonical_transform, reorient
 from medseg.evaluation.metrics import StructureMetrics
 
 REF_COLOUR = "#00d000"
@@ -69,7 +69,7 @@ def metric_plot(rows: Sequence[StructureMetrics], metric: str, structures: Seque
 
 
 def _canonical(arr: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    return nib.orientations.apply_orientation(arr, nib.orientations.io_orientation(affine))
+    return reorient(arr, affine, canonical_transform(affine), contiguous=False)[0]
 
 
 def _pick_slices(errors: np.ndarray, weight: np.ndarray, n: int) -> list[int]:
@@ -98,8 +98,7 @@ def overlay_figure(
 ) -> str | None:
     """Axial slices where ``label`` is most wrong: reference (green) and prediction (red)
     contours over the scan (or over the reference mask when no scan is given)."""
-    ornt = nib.orientations.io_orientation(affine)
-    spacing = np.linalg.norm(affine[:3, :3], axis=0)[ornt[:, 0].astype(int)]
+    spacing = canonical_spacing(affine)  # (was spacing[ornt[:, 0]]: the inverse permutation, wrong for sagittal stacks)
     r = _canonical(ref == label, affine)
     p = _canonical(pred == label, affine)
     img = _canonical(image, affine) if image is not None else None

@@ -33,6 +33,7 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from medseg.data.grid import AFFINE_ATOL_MM, affine_difference, same_grid
 from medseg.data.io import NIFTI_SUFFIXES, ImageReadError, Volume, read_volume, write_label
 from medseg.inference.batch_extras import BatchExtras
 from medseg.inference.inputs import InputCase, read_case
@@ -92,7 +93,7 @@ def _shape_only(shape: Sequence[int]) -> np.ndarray:
 def check_nifti_output(path: Path, reference: Volume) -> None:
     """Raise ValueError unless ``path`` is a readable integer label map in ``reference``'s geometry.
 
-    Compares shape, affine (1e-5 mm), and when the input is NIfTI its qform/sform and codes.
+    Compares shape, affine (``grid.AFFINE_ATOL_MM``), and when the input is NIfTI its qform/sform and codes.
     """
     try:
         img: Any = nib.load(str(path))
@@ -101,7 +102,7 @@ def check_nifti_output(path: Path, reference: Volume) -> None:
         raise ValueError(f"{path}: unreadable output ({type(err).__name__}: {err})") from err
     if tuple(img.shape) != reference.spatial_shape:
         raise ValueError(f"{path}: shape {img.shape} differs from the input's {reference.spatial_shape}")
-    if not np.allclose(img.affine, reference.affine, atol=1e-5, rtol=0):
+    if not same_grid(img.shape, img.affine, reference.spatial_shape, reference.affine):
         raise ValueError(f"{path}: affine {img.affine.tolist()} differs from the input's {reference.affine.tolist()}")
     if not np.issubdtype(data.dtype, np.integer):
         raise ValueError(f"{path}: data type {data.dtype} is not an integer label map")
@@ -113,7 +114,7 @@ def check_nifti_output(path: Path, reference: Volume) -> None:
             ref_aff, ref_code = getattr(ref, f"get_{kind}")(coded=True)
             same = int(got_code) == int(ref_code) and (
                 (got_aff is None and ref_aff is None)
-                or (got_aff is not None and ref_aff is not None and np.allclose(got_aff, ref_aff, atol=1e-5))
+                or (got_aff is not None and ref_aff is not None and affine_difference(got_aff, ref_aff) <= AFFINE_ATOL_MM)
             )
             if not same:
                 raise ValueError(f"{path}: {kind} (code {got_code}) differs from the input's (code {ref_code})")

@@ -32,8 +32,10 @@ import torch
 import torch.nn.functional as F
 
 from medseg.config import CrfConfig, suggest
+from medseg.data.grid import voxel_spacing
 from medseg.inference.permutohedral import Lattice
 
+grid_spacing = voxel_spacing  # the old name, kept until inference/predictor.py imports medseg.data.grid
 EPS = 1e-6
 
 
@@ -62,12 +64,6 @@ def crf_settings(cfg: CrfConfig, labels: Mapping[str, int], apply_postprocess: b
     if enabled:
         resolve_structures(out, labels)
     return out
-
-
-def grid_spacing(affine: np.ndarray) -> tuple[float, float, float]:
-    """Voxel size (mm) along the array axes of a grid with this 4x4 affine."""
-    x, y, z = (float(v) for v in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
-    return x, y, z
 
 
 def _gaussian_blur(x: torch.Tensor, sigma_vox: Sequence[float]) -> torch.Tensor:

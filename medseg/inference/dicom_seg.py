@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medseg.data.grid import voxel_spacing
 from medseg.data.io import Volume
 from medseg.utils import atomic_path
 
@@ -146,7 +147,7 @@ def write_dicom_seg(
             f"{reference.source}: label map {labels.shape} does not match the series "
             f"({reference.spatial_shape}, {len(files)} slice files)"
         )
-    sources = load_sources(files, float(np.linalg.norm(reference.affine[:3, 2])))
+    sources = load_sources(files, voxel_spacing(reference.affine)[2])
     seg = hd.seg.Segmentation(
         source_images=sources,
         pixel_array=to_frames(labels, label_map),

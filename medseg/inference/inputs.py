@@ -27,7 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from medseg.data.io import ImageReadError, Volume, is_dicom_series_dir, is_image_path, read_volume
+from medseg.data.io import (
+    ImageReadError,
+    Volume,
+    is_dicom_series_dir,
+    is_image_path,
+    read_volume,
+    same_geometry,
+)
 from medseg.utils import case_name
 
 _CHANNEL = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
@@ -169,7 +176,7 @@ def read_case(case: InputCase, num_channels: int) -> Volume:
     first = vols[0]
     arrays = []
     for src, vol in zip(case.sources, vols, strict=True):
-        if vol.spatial_shape != first.spatial_shape or not np.allclose(vol.affine, first.affine, atol=1e-3, rtol=0):
+        if not same_geometry(vol, first):
             raise ImageReadError(
                 f"{src}: geometry (shape {vol.spatial_shape}) differs from {case.sources[0].name} "
                 f"(shape {first.spatial_shape}); all channels of a case must share one grid"

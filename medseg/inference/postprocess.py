@@ -7,6 +7,22 @@ default). Volumes are in mL from the voxel spacing in mm (1 mL = 1000 mm^3), so 
 threshold means the same on a 0.5 mm and a 3 mm scan. Voxels removed from a structure
 become background; filling a hole only turns *background* voxels into the structure (a
 cavity holding another structure, e.g. a tumour inside an organ, is left alone).
+
+Why not MONAI's ``KeepLargestConnectedComponent`` / ``RemoveSmallObjects`` / ``FillHoles``
+(measured with ``benchmarks/bench_postprocess.py``: 256^3 uint8 label map, five structures,
+0.8 x 0.8 x 2.5 mm, each step on each structure, 1 CPU thread, MONAI 1.6.1, scikit-image 0.26):
+
+* same result: with ``connectivity=1``, ``by_measure=True, pixdim=spacing`` and the other
+  structures put back after ``FillHoles`` the label maps are identical on 14 of 15
+  structure x step pairs; the 15th is a tie (many equal-size islands), where we keep the first
+  component in raster order and MONAI's unstable argsort another;
+* faster, because each step works inside the structure's bounding box: islands everywhere
+  (boxes = the volume) 3.4 / 3.3 / 13.6 s (keep / remove / fill, five structures) against
+  MONAI's 4.1 / 7.1 / 17.9 s; compact structures (``--tight``) 1.4 / 1.5 / 4.2 s against
+  3.2 / 8.5 / 17.2 s;
+* ``FillHoles`` turns every enclosed voxel into the structure, a tumour inside an organ
+  included (we fill background only), and the other two need scikit-image, which medseg does
+  not otherwise install.
 """
 
 from __future__ import annotations

@@ -19,9 +19,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
+from medseg.data.grid import canonical_spacing, canonical_transform, reorient
 from medseg.palette import label_rgb_float
 from medseg.utils import atomic_path
 
@@ -48,10 +48,8 @@ class Panel:
 
 def to_ras(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """``array`` (X, Y, Z) with axes permuted/flipped so that index grows towards R, A, S; its spacing."""
-    ornt = nib.orientations.io_orientation(np.asarray(affine, float))
-    ras = nib.orientations.apply_orientation(array, ornt)
-    spacing = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
-    return ras, np.array([spacing[int(np.flatnonzero(ornt[:, 0] == k)[0])] for k in range(3)])
+    ras = reorient(array, affine, canonical_transform(affine), contiguous=False)[0]
+    return ras, np.array(canonical_spacing(affine))
 
 
 def panels(labels: np.ndarray, image: np.ndarray | None, affine: np.ndarray) -> list[Panel]:

@@ -25,10 +25,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
+from medseg.data.grid import canonical_shape, canonical_spacing, ras_order
 from medseg.utils import atomic_write_text
 
 COLUMNS = ("case", "flag", "structure", "detail")
@@ -37,34 +37,6 @@ PARTS_DIR = "qa"
 FLAGS = ("missing_structure", "volume_out_of_range", "extra_components", "touches_edge", "input_spacing",
          "input_size")
 DEFAULT_OPTIONS = {"volume_margin": 0.1, "spacing_factor": 2.0, "size_factor": 2.0}
-
-
-def ras_order(affine: np.ndarray) -> tuple[np.ndarray, list[str]]:
-    """Array axis that points along R-L, A-P, S-I (in that order), and each axis's (low, high) letters.
-
-    Returns (perm, letters): ``perm[k]`` is the array axis closest to world axis k;
-    ``letters[a]`` is e.g. "LR" for an array axis a whose index grows towards R.
-    """
-    ornt = nib.orientations.io_orientation(np.asarray(affine, float))
-    perm = np.zeros(3, dtype=int)
-    letters = []
-    for axis, (world, sign) in enumerate(ornt):
-        perm[int(world)] = axis
-        pair = ("RL", "AP", "SI")[int(world)]  # (positive, negative) direction letters
-        letters.append(pair[1] + pair[0] if sign > 0 else pair)
-    return perm, letters
-
-
-def spacing_ras(affine: np.ndarray) -> list[float]:
-    """Voxel spacing (mm) along the array axes closest to R, A, S."""
-    spacing = np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0)
-    perm, _ = ras_order(affine)
-    return [float(spacing[a]) for a in perm]
-
-
-def size_ras(shape: Sequence[int], affine: np.ndarray) -> list[int]:
-    perm, _ = ras_order(affine)
-    return [int(shape[a]) for a in perm]
 
 
 def case_flags(
@@ -118,8 +90,8 @@ def case_flags(
 def _input_flags(flag: Any, shape: Sequence[int], affine: np.ndarray, training: Mapping[str, Any],
                  opts: Mapping[str, float]) -> None:
     for key, name, value, factor, unit in (
-        ("spacing_mm", "input_spacing", spacing_ras(affine), opts["spacing_factor"], "mm"),
-        ("size_voxels", "input_size", size_ras(shape, affine), opts["size_factor"], "voxels"),
+        ("spacing_mm", "input_spacing", canonical_spacing(affine), opts["spacing_factor"], "mm"),
+        ("size_voxels", "input_size", canonical_shape(shape, affine), opts["size_factor"], "voxels"),
     ):
         ref = training.get(key)
         if not ref:

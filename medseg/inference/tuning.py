@@ -37,10 +37,11 @@ import torch
 
 from medseg import __version__
 from medseg.config import CrfConfig, load
+from medseg.data.grid import label_dtype, voxel_spacing
 from medseg.data.io import read_label, read_volume
 from medseg.data.manifest import Case, load_manifest
 from medseg.data.preprocess import prepare_case
-from medseg.inference.crf import grid_spacing, refine_probabilities
+from medseg.inference.crf import refine_probabilities
 from medseg.inference.postprocess import fill_holes, keep_largest_component, remove_small_components
 from medseg.inference.predictor import Predictor, PredictorSpec
 from medseg.inference.tuned import TUNED_NAME
@@ -67,7 +68,7 @@ class ValidationCase:
     image: np.ndarray
     """(C, X, Y, Z) float32 network input."""
     label: np.ndarray
-    """(X, Y, Z) uint8 reference label."""
+    """(X, Y, Z) reference label (uint8, uint16 above label 255)."""
     spacing: tuple[float, float, float]
     """mm per axis."""
 
@@ -92,7 +93,7 @@ def _read_case(case: Case, predictor: Predictor) -> ValidationCase:
     probs = predictor.probabilities(prepared).to(torch.float16)
     if prepared.label is None:  # pragma: no cover - prepare_case returns the label it was given
         raise RuntimeError(f"{case.name}: the label was lost in preprocessing")
-    return ValidationCase(case.name, probs, prepared.image, prepared.label, grid_spacing(prepared.affine))
+    return ValidationCase(case.name, probs, prepared.image, prepared.label, voxel_spacing(prepared.affine))
 
 
 def validation_cases(run_dir: Path | str, data: Path | str | None = None, device: str = "cpu",
@@ -147,7 +148,8 @@ def _score(maps: Sequence[np.ndarray], cases: Sequence[ValidationCase], label: i
 
 
 def _argmax(probs: torch.Tensor) -> np.ndarray:
-    return probs.argmax(0).to(torch.uint8).numpy()
+    """(K, X, Y, Z) probabilities -> (X, Y, Z) label map (uint8, uint16 above 256 classes)."""
+    return probs.argmax(0).numpy().astype(label_dtype(int(probs.shape[0]) - 1))
 
 
 def _crf_maps(cases: Sequence[ValidationCase], cfg: CrfConfig, name: str, labels: Mapping[str, int]) -> list[np.ndarray]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import platform
 import subprocess
@@ -31,12 +32,14 @@ from pytorch_lightning.callbacks import (
 
 import medseg
 from medseg.config import PipelineConfig
-from medseg.logs import filter_third_party_noise
+from medseg.logs import ensure_handler, filter_third_party_noise
 from medseg.training.curves import plot_learning_curve
 from medseg.training.loggers import build_loggers
 from medseg.training.precision import cpu_has_native_bf16
 from medseg.training.progress import progress_callbacks
 from medseg.utils import atomic_write_text
+
+log = logging.getLogger("medseg.train")
 
 
 @dataclass
@@ -85,8 +88,9 @@ def run_manifest(cfg: PipelineConfig, run_dir: Path, split: dict[str, Any], prec
     }
 
 
-class _RankZeroEpochPrinter(Callback):
-    """One readable line per validation, for logs without a progress bar."""
+class _RankZeroEpochLog(Callback):
+    """One readable line per validation on the ``medseg.train`` logger (rank 0 only), for
+    logs without a progress bar; ``--quiet`` silences it with the rest of the INFO lines."""
 
     def __init__(self, monitor: str) -> None:
         self.monitor = monitor
@@ -97,7 +101,7 @@ class _RankZeroEpochPrinter(Callback):
         m = trainer.callback_metrics
         parts = [f"epoch {trainer.current_epoch}"]
         parts += [f"{k.split('/')[-1]}={float(v):.4f}" for k, v in m.items() if k.startswith("val/dice_") or k == self.monitor]
-        print("  ".join(parts), flush=True)
+        log.info("  ".join(parts))
 
 
 class _SaveLast(Callback):
@@ -154,6 +158,37 @@ def check_run_dir(run_dir: Path, resume: bool) -> None:
         raise FileExistsError(f"{run_dir}: already holds a run; pass --resume to continue it or choose a new --output")
 
 
+def build_callbacks(
+    cfg: PipelineConfig, ckpt_dir: Path, best: ModelCheckpoint | None, monitor: str, mode: Literal["min", "max"]
+) -> list[Callback]:
+    """Checkpointing (``best`` by ``monitor`` when given, ``last`` every epoch, ``interrupted`` on a
+    crash), the per-validation log line, early stopping, the time budget and weight averaging."""
+    t = cfg.trainer
+    callbacks: list[Callback] = [_SaveLast(ckpt_dir / "last.ckpt"), OnExceptionCheckpoint(ckpt_dir, filename="interrupted"),
+                                 _RankZeroEpochLog(monitor)]
+    if best is not None:
+        callbacks.insert(0, best)
+        if t.early_stopping_patience:
+            callbacks.append(EarlyStopping(monitor, mode=mode, patience=t.early_stopping_patience))
+    if t.max_time_minutes:
+        callbacks.append(_TimeBudget(t.max_time_minutes * 60.0))
+    if cfg.optim.ema_decay:
+        # Lightning swaps the averaged weights in for validation and writes them as the
+        # checkpoint's state_dict (the trained ones under current_model_state, for --resume)
+        callbacks.append(EMAWeightAveraging(decay=cfg.optim.ema_decay))
+    return callbacks
+
+
+def build_strategy(cfg: PipelineConfig) -> Any:
+    """The Trainer's strategy: the config's name, or DDP with gloo on CPUs (NCCL on GPUs)."""
+    t = cfg.trainer
+    if t.strategy != "ddp":
+        return t.strategy
+    from pytorch_lightning.strategies import DDPStrategy
+
+    return DDPStrategy(process_group_backend="gloo" if t.accelerator == "cpu" else None, find_unused_parameters=False)
+
+
 def fit(
     module: pl.LightningModule,
     datamodule: pl.LightningDataModule,
@@ -173,40 +208,25 @@ def fit(
     stopping; without validation cases only ``last.ckpt`` is written.
     """
     filter_third_party_noise()
+    ensure_handler()
     t = cfg.trainer
     ckpt_dir = run_dir / "checkpoints"
     last, interrupted = ckpt_dir / "last.ckpt", ckpt_dir / "interrupted.ckpt"
     best_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=monitor, mode=mode, save_top_k=1,
                               auto_insert_metric_name=False, enable_version_counter=False)
-    callbacks: list[Callback] = [_SaveLast(last), OnExceptionCheckpoint(ckpt_dir, filename="interrupted"),
-                                 _RankZeroEpochPrinter(monitor)]
-    if has_val:
-        callbacks.insert(0, best_cb)
-    if has_val and t.early_stopping_patience:
-        callbacks.append(EarlyStopping(monitor, mode=mode, patience=t.early_stopping_patience))
-    if t.max_time_minutes:
-        callbacks.append(_TimeBudget(t.max_time_minutes * 60.0))
-    if cfg.optim.ema_decay:
-        # Lightning swaps the averaged weights in for validation and writes them as the
-        # checkpoint's state_dict (the trained ones under current_model_state, for --resume)
-        callbacks.append(EMAWeightAveraging(decay=cfg.optim.ema_decay))
+    callbacks = build_callbacks(cfg, ckpt_dir, best_cb if has_val else None, monitor, mode)
     show_bar, progress = progress_callbacks(t.progress_bar, t.progress_interval_seconds)
     callbacks += progress
     # A resumed run logs into logs/resume_<n>/ (Lightning's CSV logger would otherwise
     # overwrite the first run's metrics.csv); the learning curve merges all of them.
     log_version = f"resume_{len(list((run_dir / 'logs').glob('resume_*'))) + 1}" if resume else ""
-    strategy: Any = t.strategy
-    if t.strategy == "ddp":
-        from pytorch_lightning.strategies import DDPStrategy
-
-        strategy = DDPStrategy(process_group_backend="gloo" if t.accelerator == "cpu" else None, find_unused_parameters=False)
     trainer = pl.Trainer(
         default_root_dir=run_dir,
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
         devices=t.devices,
         num_nodes=t.num_nodes,
-        strategy=strategy,
+        strategy=build_strategy(cfg),
         precision=precision,  # type: ignore[arg-type]
         check_val_every_n_epoch=t.val_every_n_epochs,
         limit_val_batches=1.0 if has_val else 0,

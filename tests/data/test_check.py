@@ -172,24 +172,7 @@ def test_workers_and_progress_give_the_same_problems(
     assert "case" in capsys.readouterr().err  # the tqdm bar went to stderr
 
 
-def test_cli_reports_errors_with_status_1(broken_dataset: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert _cli(["check", str(broken_dataset), "--workers", "1"]) == 1
-    out = capsys.readouterr().out
-    for case, kind in EXPECTED:
-        assert kind in out and f"case {case}:" in out
-    assert out.strip().splitlines()[-1] == "13 errors, 0 warnings in 12 of 14 cases"
-
-
-def test_cli_status_2_for_an_unparsable_manifest(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad = tmp_path / "dataset.json"
-    bad.write_text("{not json")
-    assert check_cmd.run(argparse.Namespace(manifest=str(bad), workers=1)) == 2
-    assert "not valid JSON" in capsys.readouterr().err
-
-
-def test_cli_rejects_zero_workers(valid_dataset: Path) -> None:
-    with pytest.raises(SystemExit):
-        _cli(["check", str(valid_dataset), "--workers", "0"])
+def test_check_dataset_rejects_zero_workers(valid_dataset: Path) -> None:
     with pytest.raises(ValueError, match="workers=0"):
         check_dataset(valid_dataset, workers=0)
 

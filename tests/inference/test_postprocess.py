@@ -64,3 +64,20 @@ def test_postprocess_applies_all_steps() -> None:
     lab[9, 9, 9] = 1
     out = postprocess(lab, (1.0, 1.0, 1.0), PostprocessSpec(keep_largest=[1], fill_holes=[1]))
     assert int((out == 1).sum()) == 125 and out[9, 9, 9] == 0
+
+
+def test_keep_largest_component_on_a_tie_keeps_the_first_in_raster_order() -> None:
+    lab = np.zeros((9, 4, 4), np.uint8)
+    lab[6:8, 0:2, 0:2] = 1  # 8 voxels, later in raster (C) order
+    lab[0:2, 0:2, 0:2] = 1  # 8 voxels, first
+    keep_largest_component(lab, 1)
+    assert lab[0, 0, 0] == 1 and lab[6, 0, 0] == 0 and int(lab.sum()) == 8
+
+
+def test_components_touching_only_at_an_edge_are_separate() -> None:
+    """Face connectivity (6-neighbourhood): an edge contact does not join two components."""
+    lab = np.zeros((6, 6, 6), np.uint8)
+    lab[0:3, 0:3, 0:3] = 1  # 27 voxels
+    lab[3, 3, 0:3] = 1  # 3 voxels touching the cube along an edge only
+    keep_largest_component(lab, 1)
+    assert int(lab.sum()) == 27 and lab[3, 3, 0] == 0

@@ -9,7 +9,8 @@ from pathlib import Path
 import numpy as np
 
 from medseg.cli import main
-from medseg.inference.qa import case_flags, ras_order
+from medseg.data.grid import ras_order
+from medseg.inference.qa import case_flags
 from medseg.inference.statistics import case_statistics
 from tests.inference.inference_helpers import LABELS, save_nifti
 

@@ -1,4 +1,5 @@
-"""``medseg evaluate`` on the command line: options, exit status, messages."""
+"""``medseg evaluate`` on the command line: options, exit status, messages (the evaluation itself:
+tests/evaluation/)."""
 
 from __future__ import annotations
 
