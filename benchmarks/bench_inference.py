@@ -259,9 +259,10 @@ def logit_agreement(files: dict[str, str], monai_mask: Path) -> float:
     import torch
     from monai.inferers import sliding_window_inference
 
+    from medseg.data.inverse import labels_to_input
     from medseg.data.io import read_volume
-    from medseg.inference.geometry import labels_to_input, resample_argmax
     from medseg.inference.predictor import Predictor
+    from medseg.inference.resample import resample_argmax
 
     predictor = Predictor.from_checkpoints([files["ckpt"]], device="cpu")
     volume = read_volume(files["image"])

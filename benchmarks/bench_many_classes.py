@@ -13,6 +13,7 @@ worktree of the commit before block-wise prediction) for a before/after comparis
 ``--block-mb`` sets the predictor's block budget (default: medseg's).
 
     .venv/bin/python benchmarks/bench_many_classes.py --classes 3,20,118 --slices 300,1000 [--tta] [--code DIR]
+    .venv/bin/python benchmarks/bench_many_classes.py --train --classes 3,118   # training + validation memory
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -72,6 +74,57 @@ def setup(workdir: Path, slices: int, classes: int, tta: bool) -> dict[str, str]
         module = SegmentationModule(**module_hparams(cfg, plan))
         torch.save({"hyper_parameters": module_hparams(cfg, plan), "state_dict": module.state_dict()}, ckpt)
     return {"image": str(image), "ckpt": str(ckpt), "warmup": str(warmup)}
+
+
+def train_dataset(workdir: Path, classes: int, cases: int = 4, shape: tuple[int, int, int] = (128, 128, 96)) -> Path:
+    """A Decathlon-layout dataset whose labels hold ``classes - 1`` structures (Voronoi cells of
+    random seeds inside an ellipsoidal body), each with its own intensity."""
+    import nibabel as nib
+    import numpy as np
+
+    root = workdir / f"train_{classes}"
+    manifest = root / "dataset.json"
+    if manifest.exists():
+        return manifest
+    (root / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (root / "labelsTr").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(classes)
+    grid = np.stack(np.meshgrid(*[np.arange(n) for n in shape], indexing="ij"), -1).reshape(-1, 3)
+    centre, radii = np.array(shape) / 2, np.array(shape) * 0.45
+    body = (((grid - centre) / radii) ** 2).sum(1) <= 1.0
+    entries = []
+    for case in range(cases):
+        seeds = centre + (rng.random((classes - 1, 3)) - 0.5) * radii * 1.6
+        nearest = np.zeros(len(grid), np.int64)
+        for start in range(0, len(grid), 2**18):  # nearest seed, in chunks
+            d = ((grid[start : start + 2**18, None, :] - seeds[None]) ** 2).sum(-1)
+            nearest[start : start + 2**18] = d.argmin(1) + 1
+        label = np.where(body, nearest, 0).reshape(shape).astype(np.uint8)
+        image = (rng.normal(0, 20, shape) + 40 * (label % 7) + 100 * (label > 0)).astype(np.float32)
+        affine = np.diag([1.5, 1.5, 2.0, 1.0])
+        name = f"case_{case:03d}.nii.gz"
+        nib.save(nib.Nifti1Image(image, affine), str(root / "imagesTr" / name))
+        nib.save(nib.Nifti1Image(label, affine), str(root / "labelsTr" / name))
+        entries.append({"image": f"./imagesTr/{name}", "label": f"./labelsTr/{name}"})
+    labels = {"0": "background", **{str(i): f"structure_{i}" for i in range(1, classes)}}
+    manifest.write_text(json.dumps({"name": f"many_{classes}", "modality": {"0": "CT"}, "labels": labels,
+                                    "numTraining": cases, "training": entries, "test": []}))
+    return manifest
+
+
+def train_child(args: argparse.Namespace) -> None:
+    """Train a few steps at the default patch size with validation; print peak memory."""
+    import torch
+
+    import medseg
+
+    torch.set_num_threads(args.threads)
+    config = {"data": {"target_spacing": [1.5, 1.5, 2.0], "val_fraction": 0.25},
+              "model": {"channels": [8, 16, 32]},
+              "trainer": {"max_epochs": 2, "steps_per_epoch": 3, "val_every_n_epochs": 1, "progress_bar": False}}
+    start = time.perf_counter()
+    medseg.train(config, data=args.image, output=args.out)
+    print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()}))
 
 
 def _peak_rss_mb() -> float:
@@ -146,9 +199,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--block-mb", type=float, default=None)
     parser.add_argument("--compare-to", help="folder of masks of an earlier run (same names) to compare with")
     parser.add_argument("--workdir", default="/tmp/medseg-bench-many")
+    parser.add_argument("--train", action="store_true", help="measure training + validation instead")
     args = parser.parse_args(argv)
     if args.child:
-        child(args)
+        (train_child if args.train else child)(args)
+        return 0
+    if args.train:
+        for classes in [int(c) for c in args.classes.split(",")]:
+            manifest = train_dataset(Path(args.workdir), classes)
+            out = Path(args.workdir) / f"run_{classes}"
+            shutil.rmtree(out, ignore_errors=True)
+            cmd = [sys.executable, __file__, "--child", "--train", "--image", str(manifest), "--out", str(out),
+                   "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", check=False)
+            if proc.returncode != 0:
+                raise RuntimeError(f"training failed:\n{proc.stderr[-3000:]}")
+            row = {"train_classes": classes, **json.loads(proc.stdout.strip().splitlines()[-1])}
+            print(json.dumps(row), flush=True)
         return 0
     work = Path(args.workdir)
     tag = "code" if args.code else "here"
@@ -160,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
             result = run_child(files, out, args.threads, args.code, args.block_mb)
             row = {"slices": slices, "classes": classes, "tta": args.tta, **result}
             if args.compare_to:
-                other = Path(args.compare_to) / out.name.replace(f"out_{tag}_", "out_code_")
+                twin = "out_here_" if tag == "code" else "out_code_"
+                other = Path(args.compare_to) / out.name.replace(f"out_{tag}_", twin)
                 if other.exists():
                     row["agreement"] = agreement(out, other)
             rows.append(row)

@@ -25,9 +25,6 @@ import torch
 import torch.nn.functional as F
 
 from medseg.data.grid import canonical_transform, label_dtype, reorient, voxel_spacing
-
-# inverse_ornt is re-exported until inference/geometry.py imports it from medseg.data.grid
-from medseg.data.grid import inverse_ornt as inverse_ornt
 from medseg.utils import atomic_write_text
 
 

@@ -27,7 +27,7 @@ from monai.data.utils import compute_importance_map
 
 from medseg.config import PipelineConfig, patch_mirror_axes
 from medseg.inference.blocks import BlockPlan, Box, WindowGrid, intersects, plan_blocks, window_grid
-from medseg.inference.geometry import running_argmax
+from medseg.inference.resample import running_argmax
 from medseg.inference.window import _logits_only, predict_probabilities
 
 BLOCK_BYTES = 256 * 2**20
@@ -113,6 +113,7 @@ def softmax_(logits: torch.Tensor) -> torch.Tensor:
     return logits.div_(logits.sum(dim=0, keepdim=True))
 
 
+@torch.no_grad()
 def member_probabilities(net: torch.nn.Module, image: torch.Tensor, cfg: PipelineConfig, box: Box,
                          num_classes: int) -> torch.Tensor:
     """Softmax probabilities (K, *box) of one network over ``box``, averaged over its TTA passes.
@@ -165,6 +166,7 @@ def _slices_2d(net: torch.nn.Module, image: torch.Tensor, cfg: PipelineConfig, b
     return probs.narrow(1 + axis, half, hi - lo) if half else probs
 
 
+@torch.no_grad()
 def block_probabilities(
     members: Sequence[tuple[torch.nn.Module, PipelineConfig]], image: torch.Tensor, box: Box, num_classes: int
 ) -> torch.Tensor:
@@ -223,6 +225,7 @@ def plan_for(
     return BlockPlan(shape, tuple(blocks), 0, 0)
 
 
+@torch.no_grad()
 def grid_labels(
     members: Sequence[tuple[torch.nn.Module, PipelineConfig]], image: torch.Tensor, num_classes: int,
     budget_bytes: int = BLOCK_BYTES,

@@ -32,10 +32,8 @@ import torch
 import torch.nn.functional as F
 
 from medseg.config import CrfConfig, suggest
-from medseg.data.grid import voxel_spacing
 from medseg.inference.permutohedral import Lattice
 
-grid_spacing = voxel_spacing  # the old name, kept until inference/predictor.py imports medseg.data.grid
 EPS = 1e-6
 
 

@@ -30,12 +30,13 @@ import numpy as np
 import torch
 
 from medseg.config import PipelineConfig
+from medseg.data.grid import canonical_spacing, label_dtype, voxel_spacing
+from medseg.data.inverse import labels_to_input
 from medseg.data.io import Volume
 from medseg.data.preprocess import PreparedCase, PreprocessingPlan, prepare_case
 from medseg.inference.blocks import BlockPlan, Box, evaluated
 from medseg.inference.blockwise import BLOCK_BYTES, block_probabilities, plan_for
-from medseg.inference.crf import crf_settings, grid_spacing, refine_probabilities
-from medseg.inference.geometry import labels_to_input
+from medseg.inference.crf import crf_settings, refine_probabilities
 from medseg.inference.postprocess import PostprocessSpec, postprocess, resolve_spec
 from medseg.inference.resample import block_labels, grid_taps
 from medseg.inference.tuned import with_tuned
@@ -257,17 +258,16 @@ class Predictor:
         plan = self.plan_blocks(grid_shape)
         self.last_plan = plan
         taps = grid_taps(grid_shape, crop_shape)
-        dtype = np.uint8 if self.num_classes <= 256 else np.uint16
-        labels = np.empty(crop_shape, dtype=dtype, order="F")  # NIfTI's on-disk order
+        labels = np.empty(crop_shape, dtype=label_dtype(self.num_classes - 1), order="F")  # NIfTI's on-disk order
         for box in plan.blocks:
             probs = self.probabilities(prepared, evaluated(box, grid_shape))
             if self.crf.enabled:  # one block: the whole grid
-                refine_probabilities(probs, prepared.image, grid_spacing(prepared.affine), self.crf, self.plan.labels)
+                refine_probabilities(probs, prepared.image, voxel_spacing(prepared.affine), self.crf, self.plan.labels)
             block_labels(probs, box, taps, labels)
             del probs
         prepared.image = np.empty(0, dtype=np.float32)  # free the network-grid image early
         if not self.post.empty:
-            postprocess(labels, _canonical_spacing(affine, prepared), self.post)
+            postprocess(labels, tuple(canonical_spacing(affine)), self.post)
         return labels_to_input(labels, prepared, affine)
 
     def predict_volume(self, volume: Volume) -> np.ndarray:
@@ -284,15 +284,6 @@ class Predictor:
 
     def __repr__(self) -> str:
         return f"Predictor({json.dumps(self.describe()['models'])}, classes={self.num_classes})"
-
-
-def _canonical_spacing(affine: np.ndarray, prepared: PreparedCase) -> tuple[float, ...]:
-    """Voxel size (mm) along the canonical axes: the input's spacing, permuted by the orientation."""
-    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
-    out = [0.0, 0.0, 0.0]
-    for src, (dst, _flip) in enumerate(prepared.ornt):
-        out[int(dst)] = float(spacing[src])
-    return tuple(out)
 
 
 def _check_same_plan(a: PreprocessingPlan, b: PreprocessingPlan, path_a: str, path_b: str) -> None:

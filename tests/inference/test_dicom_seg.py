@@ -224,3 +224,22 @@ def test_format_both_keeps_the_nifti_when_only_the_seg_fails(tmp_path: Path) -> 
     [seg_only] = predict_batch(predictor, cases, tmp_path / "seg", fmt="dicom-seg", progress=False)
     assert seg_only.status == "failed" and "StudyInstanceUID" in seg_only.error
     assert not list((tmp_path / "seg").glob("ct.*"))
+
+
+def test_many_structures_are_written_as_one_labelmap_frame_per_slice(tmp_path: Path) -> None:
+    from medseg.inference.dicom_seg import LABELMAP_FROM, choose_seg_type, write_dicom_seg
+
+    shape, spacing, origin = (24, 20, 6), (1.0, 1.0, 2.0), (0.0, 0.0, 0.0)
+    image = np.zeros(shape, np.int16)
+    write_dicom_series(tmp_path / "ct", image, spacing, origin)
+    reference = read_volume(tmp_path / "ct")
+    labels = {"background": 0, **{f"s{i}": i for i in range(1, 118)}}
+    assert choose_seg_type(labels) == "labelmap"
+    assert choose_seg_type({"background": 0, **{f"s{i}": i for i in range(1, LABELMAP_FROM)}}) == "binary"
+    mask = (np.arange(np.prod(shape)).reshape(shape) % 118).astype(np.uint8)  # every structure present
+    write_dicom_seg(tmp_path / "seg.dcm", mask, reference, labels)
+    seg, decoded = _read_back(tmp_path / "seg.dcm", tmp_path / "ct")
+    assert seg.SegmentationType == "LABELMAP" and seg.NumberOfFrames == shape[2]
+    np.testing.assert_array_equal(decoded, mask)  # segment numbers = label ids here (consecutive)
+    with pytest.raises(ValueError, match="expected auto, binary or labelmap"):
+        write_dicom_seg(tmp_path / "x.dcm", mask, reference, labels, seg_type="bitmap")

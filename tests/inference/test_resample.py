@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from medseg.inference import resample
 from medseg.inference.blocks import evaluated, plan_blocks, window_grid
-from medseg.inference.geometry import resample_argmax
-from medseg.inference.resample import block_labels, grid_taps, top2
+from medseg.inference.resample import block_labels, grid_taps, resample_argmax, running_argmax, top2
 
 
 def _peaky(classes: int, shape: tuple[int, ...], seed: int, smooth: int = 3) -> torch.Tensor:
@@ -78,3 +78,24 @@ def test_top2() -> None:
     index, second = top2(probs.T.contiguous().T.contiguous())
     torch.testing.assert_close(second, torch.tensor([0.3, 0.5, 0.3]))
     assert index.tolist() == [1, 0, 2]  # ties: the first class
+
+
+@pytest.mark.parametrize(
+    ("src", "dst"),
+    [((3, 10, 12, 7), (21, 25, 13)), ((4, 20, 20, 20), (9, 13, 31)), ((2, 6, 5, 5), (6, 5, 9)), ((3, 8, 8, 8), (8, 8, 8))],
+)
+def test_resample_argmax_equals_full_trilinear(
+    src: tuple[int, ...], dst: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(resample, "SLAB_BYTES", 4096)  # force many slabs
+    probs = torch.rand(*src)
+    ref = F.interpolate(probs[None], size=dst, mode="trilinear", align_corners=False)[0].argmax(0).numpy()
+    out = resample_argmax(probs, dst)
+    assert out.shape == dst and out.dtype == np.uint8
+    np.testing.assert_array_equal(out, ref)
+
+
+def test_running_argmax_equals_argmax_including_ties() -> None:
+    scores = torch.randint(0, 3, (2, 5, 7, 6)).float()  # many ties: the first class must win
+    np.testing.assert_array_equal(running_argmax(scores).numpy(), scores.argmax(1).numpy())
+    assert running_argmax(scores).dtype == torch.uint8

@@ -1,4 +1,4 @@
-"""Inverse geometry: slab-wise resampling equals whole-volume trilinear; paste + reorient is exact."""
+"""The inverse geometry: linear taps as PyTorch's, labels pasted back onto the input's own grid."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from medseg.data.inverse import input_shape, labels_to_input, linear_taps
 from medseg.data.preprocess import PreprocessingPlan, prepare_case
-from medseg.inference import geometry
-from medseg.inference.geometry import labels_to_input, linear_taps, resample_argmax, running_argmax
 
 
 @pytest.mark.parametrize(("n_in", "n_out"), [(7, 13), (13, 7), (5, 5), (1, 4), (10, 3)])
@@ -20,27 +19,6 @@ def test_linear_taps_match_pytorch_interpolate(n_in: int, n_out: int) -> None:
     ours = (1 - w1) * x.numpy()[i0] + w1 * x.numpy()[i1]
     ref = F.interpolate(x[None, None], size=n_out, mode="linear", align_corners=False)[0, 0].numpy()
     np.testing.assert_allclose(ours, ref, atol=1e-6)
-
-
-@pytest.mark.parametrize(
-    ("src", "dst"),
-    [((3, 10, 12, 7), (21, 25, 13)), ((4, 20, 20, 20), (9, 13, 31)), ((2, 6, 5, 5), (6, 5, 9)), ((3, 8, 8, 8), (8, 8, 8))],
-)
-def test_resample_argmax_equals_full_trilinear(
-    src: tuple[int, ...], dst: tuple[int, int, int], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(geometry, "SLAB_BYTES", 4096)  # force many slabs
-    probs = torch.rand(*src)
-    ref = F.interpolate(probs[None], size=dst, mode="trilinear", align_corners=False)[0].argmax(0).numpy()
-    out = resample_argmax(probs, dst)
-    assert out.shape == dst and out.dtype == np.uint8
-    np.testing.assert_array_equal(out, ref)
-
-
-def test_running_argmax_equals_argmax_including_ties() -> None:
-    scores = torch.randint(0, 3, (2, 5, 7, 6)).float()  # many ties: the first class must win
-    np.testing.assert_array_equal(running_argmax(scores).numpy(), scores.argmax(1).numpy())
-    assert running_argmax(scores).dtype == torch.uint8
 
 
 @pytest.mark.parametrize("codes", ["LPS", "PIR", "ASL"])
@@ -61,3 +39,4 @@ def test_labels_to_input_inverts_prepare_case(codes: str) -> None:
     canonical = nib.orientations.apply_orientation(image, prepared.ornt)[prepared.bbox]
     back = labels_to_input(canonical.astype(np.uint8), prepared, affine)
     np.testing.assert_array_equal(back, image.astype(np.uint8))
+    assert input_shape(prepared) == shape
