@@ -43,8 +43,9 @@ def test_options_reach_the_predictor_spec_and_the_batch(tmp_path, recorded, caps
     out = tmp_path / "out"
     assert main(["predict", "--model", "a", "--model", "b", "--input", "in", "--output", str(out), "--tta",
                  "--overlap", "0.25", "--sw-batch-size", "3", "--no-postprocess", "--no-crf", "--device", "cpu",
-                 "--format", "both", "--no-resume", "--workers", "2", "--split", "test"]) == 0
+                 "--format", "both", "--no-resume", "--workers", "2", "--split", "test", "--block-mb", "512"]) == 0
     spec = recorded["spec"]
+    assert spec.block_bytes == 512 * 2**20
     assert spec.models == ["a", "b"] and spec.device == "cpu" and spec.tta is True
     assert spec.overlap == 0.25 and spec.sw_batch_size == 3 and spec.postprocess is False and spec.crf is False
     assert recorded["find"] == ("in", ["image"], "test")
@@ -57,6 +58,7 @@ def test_defaults_leave_the_checkpoint_settings_alone(tmp_path, recorded):
     assert main(["predict", "--model", "a", "--input", "in", "--output", str(tmp_path / "o")]) == 0
     spec = recorded["spec"]
     assert (spec.tta, spec.overlap, spec.sw_batch_size, spec.crf, spec.postprocess) == (None, None, None, None, True)
+    assert spec.block_bytes is None
     assert recorded["batch"]["resume"] is True and recorded["batch"]["format"] == "nifti"
     assert recorded["find"][2] == "auto"
 

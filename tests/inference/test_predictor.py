@@ -195,3 +195,34 @@ def test_crf_runs_on_the_network_grid_when_enabled(monkeypatch: pytest.MonkeyPat
     assert len(calls) == 2
     with pytest.raises(ValueError, match=r"inference\.crf\.structures: 'organ' is not one of"):
         Predictor([LoadedModel(net, tiny_config(crf=CrfConfig(enabled=True, structures=["organ"])))], plan)
+
+
+def test_block_wise_prediction_equals_the_whole_volume_path() -> None:
+    """40 classes, overlapping Gaussian windows, mirroring TTA on two axes, resampling to an
+    anisotropic input grid: cut into many blocks, the labels are those of one whole-volume
+    pass through MONAI's sliding window and a full resampling of every class, except where
+    the two best classes tie within float rounding."""
+    from medseg.data.inverse import labels_to_input
+    from medseg.inference.resample import resample_argmax
+    from medseg.inference.window import predict_probabilities
+    from tests.inference.test_blockwise import ConvNet, _cfg
+
+    classes = 40
+    plan = PreprocessingPlan(target_spacing=[1.5, 1.5, 2.0], normalization="zscore", crop_foreground=False,
+                             labels={"background": 0, **{f"s{i}": i for i in range(1, classes)}})
+    cfg = _cfg([16, 16, 16], True, mirror=[0, 2])
+    net = ConvNet(classes, seed=3).eval()
+    image = torch.randn(30, 28, 14, generator=torch.Generator().manual_seed(0)).numpy()
+    affine = np.diag([0.9, 1.1, 2.5, 1.0])
+    predictor = Predictor([LoadedModel(net, cfg)], plan, apply_postprocess=False, block_bytes=80_000)
+    got = predictor.predict_array(image, affine)
+    assert predictor.last_plan is not None and len(predictor.last_plan.blocks) >= 4
+
+    prepared = predictor.prepare(image, affine)
+    with torch.no_grad():
+        probs = predict_probabilities(net, torch.from_numpy(prepared.image), cfg, tta=True)
+    crop = tuple(s.stop - s.start for s in prepared.bbox)
+    expected = labels_to_input(resample_argmax(probs, crop), prepared, affine)
+    differ = got != expected
+    assert differ.mean() < 1e-3, f"{int(differ.sum())} of {differ.size} voxels differ"
+    assert len(np.unique(got)) > 10  # a fragmented map: many boundaries were resampled
