@@ -1,6 +1,7 @@
 """CRF measurement on real images with simulated network probabilities (no trained model).
 
-What it measures: whether the 3D fully connected CRF (``inference.crf``, default parameters)
+What it measures: whether the 3D fully connected CRF (``inference.crf``, default parameters
+or those changed with ``--crf KEY=VALUE``)
 moves Dice up or down when the probabilities are noisy around the real anatomy of real
 scans, and how long it takes per case. The probabilities are *simulated* from the reference
 label (``logit = strength x one-hot + spatially correlated Gaussian noise``), not predicted
@@ -12,7 +13,7 @@ a given model: ``medseg tune-postprocess`` measures that on a run's validation c
 * ``hippocampus``: the first N cases of Task04 (z-scored T1), 3 classes; a good model
   (strength 4, noise sigma 1.0): the default CRF should not cost Dice here.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_crf.py brats|hippocampus [--cases N]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_crf.py brats|hippocampus [--cases N] [--crf KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -76,14 +77,18 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("which", choices=("brats", "hippocampus"))
     ap.add_argument("--cases", type=int, default=4)
+    ap.add_argument("--crf", action="append", default=[], metavar="KEY=VALUE",
+                    help="a CRF parameter changed from the defaults, e.g. bilateral_weight=5 (repeatable)")
     args = ap.parse_args()
+    changes = {k: float(v) if "." in v else int(v) for k, v in (item.split("=", 1) for item in args.crf)}
+    cfg = CrfConfig(enabled=True, **changes)
     strength, noise = (2.0, 1.5) if args.which == "brats" else (4.0, 1.0)
     rows = []
     for i, (name, image, label, affine, names) in enumerate(_cases(args.which, args.cases)):
         probs = _probs(label, len(names), strength, noise, seed=i)
         before = probs.argmax(0).numpy()
         t = time.perf_counter()
-        refine_probabilities(probs, image, grid_spacing(affine), CrfConfig(enabled=True), names)
+        refine_probabilities(probs, image, grid_spacing(affine), cfg, names)
         seconds = time.perf_counter() - t
         after = probs.argmax(0).numpy()
         for s, lab in names.items():
