@@ -195,7 +195,8 @@ class CrfConfig:
     """Margin around each structure's bounding box, mm."""
     max_voxels: int = 1_000_000
     """Larger boxes are refined on a coarser grid (integer downsampling) to bound memory
-    (about +0.32 GB peak at 1M voxels, one input channel, measured on a 256x256x300 grid)."""
+    (about +0.32 GB peak at 1M voxels, one input channel, measured on a 256x256x300 grid);
+    a box holding K > 2 predicted classes gets ``2 max_voxels / K`` voxels."""
 
 
 @dataclass

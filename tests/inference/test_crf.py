@@ -132,6 +132,22 @@ def test_large_boxes_are_refined_on_a_coarser_grid(monkeypatch: pytest.MonkeyPat
     assert out.shape == truth.shape and _dice(out.numpy() > 0.5, truth) > 0.93
 
 
+def test_more_classes_in_a_box_mean_a_coarser_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Memory grows with voxels x classes: four classes get half the voxels of two."""
+    sizes: list[int] = []
+    original = crf_module.Lattice
+
+    def recording(features: torch.Tensor) -> object:
+        sizes.append(features.shape[0])
+        return original(features)
+
+    monkeypatch.setattr(crf_module, "Lattice", recording)
+    probs = torch.full((4, 40, 40, 40), 0.25)
+    out = crf_module.crf_refine(probs, np.zeros((1, 40, 40, 40), np.float32), (1, 1, 1), CrfConfig(max_voxels=10_000))
+    assert sizes == [14**3]  # budget 5000 voxels: factor ceil((64000 / 5000) ** (1/3)) = 3
+    assert out.shape == probs.shape and torch.allclose(out.sum(0), torch.ones(40, 40, 40), atol=1e-5)
+
+
 def test_refine_works_per_structure_in_its_box(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two small structures in a large volume: the CRF sees only their boxes plus the margin,
     never the whole volume, and the class probabilities still sum to one."""
