@@ -1,6 +1,7 @@
 """CRF measurement on real images with simulated network probabilities (no trained model).
 
-What it measures: whether the 3D fully connected CRF (``inference.crf``, default parameters)
+What it measures: whether the 3D fully connected CRF (``inference.crf``, default parameters
+or those changed with ``--crf KEY=VALUE``)
 moves Dice up or down when the probabilities are noisy around the real anatomy of real
 scans, and how long it takes per case. The probabilities are *simulated* from the reference
 label (``logit = strength x one-hot + spatially correlated Gaussian noise``), not predicted
@@ -11,8 +12,12 @@ a given model: ``medseg tune-postprocess`` measures that on a run's validation c
   5 classes, cropped to the brain mask; a weak model (strength 2, noise sigma 1.5).
 * ``hippocampus``: the first N cases of Task04 (z-scored T1), 3 classes; a good model
   (strength 4, noise sigma 1.0): the default CRF should not cost Dice here.
+* ``trained --model RUN``: not simulated: the run's own ``split.json`` validation cases
+  predicted by the run (as ``medseg tune-postprocess`` does), Dice on the network grid
+  without and with the CRF.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_crf.py brats|hippocampus [--cases N]
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/bench_crf.py brats|hippocampus [--cases N] [--crf KEY=VALUE ...]
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_crf.py trained --model RUN [--crf KEY=VALUE ...]
 """
 
 from __future__ import annotations
@@ -73,18 +78,55 @@ def _cases(which: str, n: int) -> list[tuple[str, np.ndarray, np.ndarray, np.nda
     return out
 
 
+def _trained(model: str, cfg: CrfConfig) -> int:
+    """Network-grid Dice of a trained run's validation cases without and with the CRF."""
+    from medseg.inference.tuning import validation_cases
+
+    cases, labels = validation_cases(model, device="cpu")
+    structures = {n: i for n, i in labels.items() if i}
+    dice: dict[str, list[tuple[float, float]]] = {n: [] for n in structures}
+    seconds = []
+    for case in cases:
+        probs = case.probs.float()
+        before = probs.argmax(0).numpy()
+        t = time.perf_counter()
+        refine_probabilities(probs, case.image, case.spacing, cfg, labels)
+        seconds.append(time.perf_counter() - t)
+        after = probs.argmax(0).numpy()
+        for name, lab in structures.items():
+            dice[name].append((_dice(before == lab, case.label == lab), _dice(after == lab, case.label == lab)))
+    print(f"{len(cases)} validation cases of {model}\n")
+    print("| structure | Dice without CRF | with CRF | difference |\n|---|---|---|---|")
+    means = {n: np.nanmean(v, axis=0) for n, v in dice.items()}
+    for name, (a, b) in means.items():
+        print(f"| {name} | {a:.4f} | {b:.4f} | {b - a:+.4f} |")
+    a, b = np.mean(list(means.values()), axis=0)
+    print(f"| **mean** | {a:.4f} | {b:.4f} | {b - a:+.4f} |")
+    print(f"\nCRF seconds per case: mean {np.mean(seconds):.2f} (torch threads {torch.get_num_threads()})")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("which", choices=("brats", "hippocampus"))
+    ap.add_argument("which", choices=("brats", "hippocampus", "trained"))
+    ap.add_argument("--model", metavar="RUN", help="trained: the run directory (its split.json validation cases)")
     ap.add_argument("--cases", type=int, default=4)
+    ap.add_argument("--crf", action="append", default=[], metavar="KEY=VALUE",
+                    help="a CRF parameter changed from the defaults, e.g. bilateral_weight=5 (repeatable)")
     args = ap.parse_args()
+    changes = {k: float(v) if "." in v else int(v) for k, v in (item.split("=", 1) for item in args.crf)}
+    cfg = CrfConfig(enabled=True, **changes)
+    if args.which == "trained":
+        if not args.model:
+            ap.error("trained needs --model RUN")
+        return _trained(args.model, cfg)
     strength, noise = (2.0, 1.5) if args.which == "brats" else (4.0, 1.0)
     rows = []
     for i, (name, image, label, affine, names) in enumerate(_cases(args.which, args.cases)):
         probs = _probs(label, len(names), strength, noise, seed=i)
         before = probs.argmax(0).numpy()
         t = time.perf_counter()
-        refine_probabilities(probs, image, voxel_spacing(affine), CrfConfig(enabled=True), names)
+        refine_probabilities(probs, image, voxel_spacing(affine), cfg, names)
         seconds = time.perf_counter() - t
         after = probs.argmax(0).numpy()
         for s, lab in names.items():

@@ -2,9 +2,12 @@
 
 The CT-sized phantom of the inference benchmark (512x512x300 at 0.8x0.8x2.5 mm, LPS,
 network at 1.6x1.6x2.5 mm: a 256x256x300 network grid) and a whole-body-sized one
-(512x512x1000), predicted by the same randomly initialised 3D UNet (channels 8-16-32,
-patch 64^3, overlap 0.5, Gaussian blending) built with 3, 20 or 118 output classes
-(118: TotalSegmentator's label set, background included). Each run is its own
+(512x512x1000), predicted by the same randomly initialised DynUNet (nnU-Net's architecture,
+as TotalSegmentator runs it: channels 8-16-32-64, a 1x1x1 output convolution; patch 64^3,
+overlap 0.5, Gaussian blending) built with 3, 20 or 118 output classes (118:
+TotalSegmentator's label set, background included). MONAI's UNet is not used here: its top
+up-sampling layer is a 3x3x3 transposed convolution straight into the classes, so its own
+cost grows ~20x from 3 to 118 classes whatever the inference does. Each run is its own
 subprocess; time = read -> mask written (imports and model loading excluded, after one
 untimed warm-up on a corner of the image); peak memory = the subprocess's VmHWM.
 
@@ -67,7 +70,8 @@ def setup(workdir: Path, slices: int, classes: int, tta: bool) -> dict[str, str]
             ct_mean=50.0, ct_std=300.0, crop_foreground=False,
         )
         cfg = PipelineConfig(
-            model=ModelConfig(channels=[8, 16, 32]), data=DataConfig(patch_size=[64, 64, 64]),
+            model=ModelConfig(name="dynunet", channels=[8, 16, 32, 64], strides=[2, 2, 2]),
+            data=DataConfig(patch_size=[64, 64, 64]),
             inference=InferenceConfig(overlap=0.5, sw_batch_size=4, blend="gaussian", tta=tta),
         )
         torch.manual_seed(0)

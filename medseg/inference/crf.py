@@ -15,10 +15,10 @@ most a neighbourhood can add to a class's log-probability. Why our own torch ver
 SimpleCRF (the usual 3D dense CRF wheel) does not build against NumPy 2 and MONAI's CRF
 layer needs MONAI's C++ extension, which its wheels do not ship.
 
-Memory and time are bounded by working per structure: foreground vs rest within the
+Memory and time are bounded by working per structure: the classes predicted within the
 structure's bounding box plus ``margin_mm``, never every class over a whole CT at once,
-and a box of more than ``max_voxels`` voxels is refined on an integer-downsampled grid
-whose result is interpolated back.
+and a box of more than ``2 max_voxels / classes`` voxels is refined on an
+integer-downsampled grid whose result is interpolated back.
 """
 
 from __future__ import annotations
@@ -80,36 +80,49 @@ def _gaussian_blur(x: torch.Tensor, sigma_vox: Sequence[float]) -> torch.Tensor:
     return out[0]
 
 
-def crf_binary(prob: np.ndarray | torch.Tensor, image: np.ndarray | torch.Tensor, spacing: Sequence[float],
+def crf_refine(probs: np.ndarray | torch.Tensor, image: np.ndarray | torch.Tensor, spacing: Sequence[float],
                cfg: CrfConfig) -> torch.Tensor:
-    """Refine a foreground probability ``prob`` (X, Y, Z) with the image ``image`` (C, X, Y, Z).
+    """Refine class probabilities ``probs`` (K, X, Y, Z), summing to one over K, with the
+    image ``image`` (C, X, Y, Z): K-class mean field with Potts compatibility.
 
-    ``spacing``: voxel size in mm along X, Y, Z. Returns the refined foreground probability
-    (X, Y, Z) float32. Boxes larger than ``cfg.max_voxels`` are refined on a grid
-    downsampled by an integer factor (average pooling) and interpolated back.
+    ``spacing``: voxel size in mm along X, Y, Z. Returns the refined probabilities
+    (K, X, Y, Z) float32. A grid of more than ``cfg.max_voxels * 2 / K`` voxels is refined
+    on a grid downsampled by an integer factor (average pooling) and interpolated back, so
+    that memory (which grows with voxels x classes) stays that of a two-class refinement of
+    ``max_voxels`` voxels.
     """
-    p = torch.as_tensor(prob, dtype=torch.float32)
+    p = torch.as_tensor(probs, dtype=torch.float32)
     img = torch.as_tensor(image, dtype=torch.float32)
     if img.ndim == 3:
         img = img[None]
-    shape = tuple(p.shape)
-    factor = max(1, math.ceil((p.numel() / cfg.max_voxels) ** (1 / 3)))
-    while factor > 1 and math.prod(math.ceil(s / factor) for s in shape) > cfg.max_voxels:
+    shape = tuple(p.shape[1:])
+    budget = max(1, cfg.max_voxels * 2 // max(2, p.shape[0]))
+    factor = max(1, math.ceil((math.prod(shape) / budget) ** (1 / 3)))
+    while factor > 1 and math.prod(math.ceil(s / factor) for s in shape) > budget:
         factor += 1  # ceil_mode pooling of sizes that are not multiples of the factor
     if factor > 1:
-        p = F.avg_pool3d(p[None, None], factor, ceil_mode=True)[0, 0]
+        p = F.avg_pool3d(p[None], factor, ceil_mode=True)[0]
         img = F.avg_pool3d(img[None], factor, ceil_mode=True)[0]
     sp = [float(s) * factor for s in spacing]
     q = _mean_field(p, img, sp, cfg)
     if factor > 1:
-        q = F.interpolate(q[None, None], size=shape, mode="trilinear", align_corners=False)[0, 0]
+        q = F.interpolate(q[None], size=shape, mode="trilinear", align_corners=False)[0]
     return q
 
 
+def crf_binary(prob: np.ndarray | torch.Tensor, image: np.ndarray | torch.Tensor, spacing: Sequence[float],
+               cfg: CrfConfig) -> torch.Tensor:
+    """Refine a foreground probability ``prob`` (X, Y, Z) against the rest (two classes);
+    returns the refined foreground probability (X, Y, Z). See :func:`crf_refine`."""
+    p = torch.as_tensor(prob, dtype=torch.float32)
+    return crf_refine(torch.stack([1 - p, p]), image, spacing, cfg)[1].contiguous()
+
+
 def _mean_field(p: torch.Tensor, img: torch.Tensor, spacing: Sequence[float], cfg: CrfConfig) -> torch.Tensor:
-    shape = p.shape
-    n = p.numel()
-    unary = torch.stack([torch.log((1 - p).clamp_min(EPS)), torch.log(p.clamp_min(EPS))])  # (2, X, Y, Z)
+    """Mean field on ``p`` (K, X, Y, Z); returns Q (K, X, Y, Z)."""
+    k, shape = p.shape[0], p.shape[1:]
+    n = shape.numel()
+    unary = torch.log(p.clamp_min(EPS))
     q = torch.softmax(unary, 0)
     lattice = None
     if cfg.bilateral_weight > 0:
@@ -126,13 +139,13 @@ def _mean_field(p: torch.Tensor, img: torch.Tensor, spacing: Sequence[float], cf
     for _ in range(cfg.iterations):
         message = torch.zeros_like(q)
         if lattice is not None:
-            message += cfg.bilateral_weight * (lattice.filter(q.reshape(2, n).T) / norm_b).T.reshape(q.shape)
+            message += cfg.bilateral_weight * (lattice.filter(q.reshape(k, n).T) / norm_b).T.reshape(q.shape)
         if cfg.spatial_weight > 0:
             message += cfg.spatial_weight * _gaussian_blur(q, sigma_vox) / norm_s
-        # Potts: a class pays for the mass of the other class around it; minus a constant
-        # that is the same for both classes, that is a reward for its own mass
+        # Potts: a class pays for the mass of the other classes around it; minus a constant
+        # that is the same for every class, that is a reward for its own mass
         q = torch.softmax(unary + message, 0)
-    return q[1].contiguous()
+    return q
 
 
 def _box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...] | None:
@@ -148,22 +161,35 @@ def refine_probabilities(probs: torch.Tensor, image: np.ndarray, spacing: Sequen
     """Refine the class probabilities ``probs`` (K, X, Y, Z) in place, structure by structure.
 
     Each structure in ``cfg.structures`` (all when empty) that the argmax predicts
-    somewhere is refined as foreground vs rest in its bounding box plus ``cfg.margin_mm``;
-    the other classes in the box are rescaled so that the probabilities still sum to one
-    (where they held nothing, the freed probability goes to the background).
-    ``image``: the network input (C, X, Y, Z) on the same grid; ``spacing``: mm per axis.
+    somewhere is refined within its bounding box plus ``cfg.margin_mm``, by a mean field
+    over the classes the argmax predicts in that box (with the background; the probability
+    of the other classes is counted as background there). Only the structure's own
+    probability is written back; the other classes in the box are rescaled so that the
+    probabilities still sum to one (where they held nothing, the freed probability goes to
+    the background). Structures are refined in label order, each from the probabilities
+    left by the previous ones. ``image``: the network input (C, X, Y, Z) on the same grid;
+    ``spacing``: mm per axis.
+
+    Why every class in the box, not the structure against the rest: neighbouring
+    structures of the same intensity (the hippocampus head and body) would count as
+    "rest", so the appearance kernel would pull the structure refined first into its
+    neighbour (it cost the anterior hippocampus 0.17 Dice on a weak model).
     """
     ids = resolve_structures(cfg, labels)
     margin = [math.ceil(cfg.margin_mm / s) for s in spacing]
     for label in ids:
         if label >= probs.shape[0]:
             continue
-        box = _box((probs.argmax(0) == label).numpy(), margin)
+        argmax = probs.argmax(0)
+        box = _box((argmax == label).numpy(), margin)
         if box is None:
             continue
         sub = probs[(slice(None), *box)]
+        classes = sorted({0, label, *(int(c) for c in torch.unique(argmax[box]))})
+        local = sub[classes].clone()
+        local[0] += (sub.sum(0) - local.sum(0)).clamp_min(0)  # classes not predicted here
         before = sub[label].clone()
-        after = crf_binary(before, image[(slice(None), *box)], spacing, cfg)
+        after = crf_refine(local, image[(slice(None), *box)], spacing, cfg)[classes.index(label)]
         rest = sub.sum(0) - before  # the other classes' total, before
         tiny = rest <= EPS  # nothing to rescale: the freed mass goes to the background
         sub.mul_(torch.where(tiny, torch.zeros_like(rest), (1 - after) / rest.clamp_min(EPS))[None])

@@ -52,9 +52,11 @@ DEFAULT_MARGIN = 0.002
 CRF_GRID: tuple[dict[str, float], ...] = (
     {},
     {"bilateral_weight": 5.0, "bilateral_sigma_mm": 5.0},
-    {"bilateral_sigma_intensity": 0.5},
+    {"bilateral_sigma_intensity": 1.0},
 )
-"""CRF parameter sets tried (changes from :class:`CrfConfig`'s defaults)."""
+"""CRF parameter sets tried (changes from :class:`CrfConfig`'s defaults): the defaults (an
+edge-stopping appearance kernel), a stronger and wider one (DeepMedic-like, for lesions
+with a clear edge), one that ignores weak edges (for noisy images)."""
 ISLAND_FRACTIONS: tuple[float, ...] = (0.01, 0.05, 0.2)
 
 

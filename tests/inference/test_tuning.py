@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from medseg.inference.tuning import ValidationCase, member_runs, tune
+from medseg.inference.tuning import CRF_GRID, ValidationCase, member_runs, tune
 
 LABELS = {"background": 0, "organ": 1, "lesion": 2}
 
@@ -54,6 +54,21 @@ def test_planted_island_and_hole_are_cleaned_and_nothing_else_is_chosen() -> Non
     inference = result["inference"]
     assert inference["fill_holes"] == ["organ"] and "crf" not in inference
     assert inference["keep_largest_component"] == ["organ"] or set(inference["min_component_ml"]) == {"organ"}
+
+
+def test_planted_island_is_cleaned_with_the_crf_candidates_tried() -> None:
+    """The whole candidate list (the CRF grid included): the island and the hole are still
+    cleaned, and the CRF is chosen only for the structure it helps."""
+    cases = [_case(i, island=i < 3, hole=True) for i in range(4)]
+    result = tune(cases, LABELS, margin=0.002, crf_grid=CRF_GRID)
+    organ, lesion = result["structures"]["organ"], result["structures"]["lesion"]
+    assert organ["dice_before"] < 0.98 and organ["dice_after"] > 0.99
+    assert {"crf_0", "crf_1", "crf_2", "largest_component", "fill_holes"} <= set(organ["trials"])
+    assert lesion["dice_after"] == pytest.approx(1.0)
+    # the strong appearance kernel removes the dark island and fills the hole by itself
+    # (0.978 -> 1.0): the CRF helps the organ, so it is chosen; nothing helps the exact lesion
+    assert organ["crf"] is True and lesion["crf"] is False and lesion["components"] == "none"
+    assert result["inference"]["crf"]["structures"] == ["organ"]
 
 
 def test_margin_keeps_steps_that_gain_too_little() -> None:
