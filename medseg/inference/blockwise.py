@@ -100,7 +100,8 @@ def _pass_logits(
             logits = torch.flip(logits, [d + 1 for d in dims])
         for start, out in zip(batch, logits, strict=True):
             win, blk = _overlap(start, grid.roi, box)
-            part = out[(slice(None), *win)] * w[win]
+            part = out[(slice(None), *win)]
+            part.mul_(w[win])  # in place, as MONAI: no second window-sized copy of the logits
             acc[(slice(None), *blk)] += part
             count[blk] += w[win]
         del logits, x
@@ -129,7 +130,7 @@ def member_probabilities(net: torch.nn.Module, image: torch.Tensor, cfg: Pipelin
     roi_voxels = 1
     for r in grid.roi:
         roi_voxels *= r
-    per_window = num_classes * roi_voxels * 4 * 3  # logits, flipped copy, weighted part
+    per_window = num_classes * roi_voxels * 4 * 2  # logits and their flipped copy
     sw_batch = max(1, min(cfg.inference.sw_batch_size, WINDOW_BYTES // per_window))
     # MONAI's weights, built on the CPU (it reads their minimum back) and moved once
     weight = compute_importance_map(grid.roi, mode=cfg.inference.blend, device="cpu", dtype=torch.float32).to(device)

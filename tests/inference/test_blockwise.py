@@ -101,7 +101,7 @@ def test_window_batches_shrink_for_many_classes(monkeypatch: pytest.MonkeyPatch)
         return real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(bw, "_pass_logits", spy)
-    monkeypatch.setattr(bw, "WINDOW_BYTES", 16**3 * 4 * 3 * 40)  # room for 40 class-windows
+    monkeypatch.setattr(bw, "WINDOW_BYTES", 16**3 * 4 * 2 * 40)  # room for 40 class-windows
     for classes, expected in ((4, 3), (20, 2), (50, 1)):
         members = [(ConvNet(classes).eval(), _cfg([16, 16, 16], False))]
         with torch.no_grad():
