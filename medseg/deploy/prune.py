@@ -43,6 +43,7 @@ PRUNABLE = ("unet", "residual_unet", "dynunet")
 REPORT = "prune_report.json"
 
 
+
 def check_ratio(ratio: float) -> None:
     """``ratio`` is the fraction of channels kept: strictly between 0 and 1."""
     if not 0.0 < ratio < 1.0:
@@ -124,13 +125,18 @@ def save_checkpoint(path: Path, net: torch.nn.Module, cfg: PipelineConfig, plan:
 
 
 def prune_run(model: Path | str, data: Path | str | None, output: Path | str, ratio: float,
-              finetune_minutes: float = 10.0) -> dict[str, Any]:
+              finetune_minutes: float = 10.0, finetune_lr: float | None = None) -> dict[str, Any]:
     """Prune the best network of ``model`` into the run directory ``output``; returns the report.
 
-    ``finetune_minutes`` > 0 fine-tunes on ``data`` (a manifest) for that long; 0 writes the
+    ``finetune_minutes`` > 0 fine-tunes on ``data`` (a manifest) for that long, at learning rate
+    ``finetune_lr`` (default: the run's ``optim.lr``: the pruned network has lost much of what it
+    did and relearns at the from-scratch rate better than at a tenth of it, benchmarks/RESULTS.md,
+    "Deployment"); 0 writes the
     pruned weights as they are (``checkpoints/best.ckpt``).
     """
     check_ratio(ratio)
+    if finetune_lr is not None and not finetune_lr > 0:
+        raise ValueError(f"--finetune-lr {finetune_lr}: expected a positive learning rate, e.g. 0.0003")
     if finetune_minutes < 0:
         raise ValueError(f"--finetune-minutes {finetune_minutes}: expected minutes >= 0 (0: no fine-tuning)")
     if finetune_minutes > 0 and (data is None or not Path(data).is_file()):
@@ -146,6 +152,7 @@ def prune_run(model: Path | str, data: Path | str | None, output: Path | str, ra
         "pruned_channels": list(cfg2.model.channels), "parameters": count_parameters(net),
         "pruned_parameters": count_parameters(pruned), "importance": "L1 norm of each channel group (torch-pruning)",
         "finetune_minutes": finetune_minutes,
+        "finetune_lr": (finetune_lr or cfg.optim.lr) if finetune_minutes > 0 else None,
     }
     output.mkdir(parents=True, exist_ok=True)
     if finetune_minutes == 0:
@@ -162,6 +169,7 @@ def prune_run(model: Path | str, data: Path | str | None, output: Path | str, ra
         raw["init_from"] = str(output / INIT_FILE)
         raw["data"]["manifest"] = str(data)
         raw["trainer"]["max_time_minutes"] = finetune_minutes
+        raw["optim"]["lr"] = report["finetune_lr"]
         result = train(from_dict(raw), output)
         report["finetuned_best_checkpoint"] = str(result.best_checkpoint)
         report["finetuned_best_score"] = result.best_val_dice

@@ -56,6 +56,9 @@ def test_prune_fine_tunes_into_a_run_that_exports_int8(phantom_run: tuple[Path, 
     assert init["loaded"] and not init["skipped"] and not init["reinitialised"]  # every pruned tensor carried over
     _, cfg2, _ = load_network(out / "checkpoints" / "best.ckpt")
     assert cfg2.model.channels == [4, 8] and cfg2.trainer.max_time_minutes == 1
+    _, cfg, _ = load_network(run / "checkpoints" / "best.ckpt")
+    assert cfg2.optim.lr == cfg.optim.lr  # fine-tuning at the run's learning rate unless --finetune-lr
+    assert json.loads((out / "prune_report.json").read_text(encoding="utf-8"))["finetune_lr"] == cfg2.optim.lr
     assert main(["export", "--model", str(out), "--output", str(tmp_path / "e"), "--quantize", "int8",
                  "--calibration", str(manifest), "--calibration-cases", "2"]) == 0
     assert main(["predict", "--model", str(tmp_path / "e"), "--input", str(manifest.parent / "imagesTs"), "--output",
@@ -111,6 +114,8 @@ def test_prune_refuses_other_requests_before_compute(phantom_run: tuple[Path, Pa
     assert "fine-tuning needs the training manifest" in capsys.readouterr().err
     assert main([*args, "--data", str(manifest), "--finetune-minutes", "-1"]) == 2
     assert "expected minutes >= 0" in capsys.readouterr().err
+    assert main([*args, "--data", str(manifest), "--finetune-lr", "0"]) == 2
+    assert "--finetune-lr 0.0: expected a positive learning rate" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert main(["prune", "--model", str(run), "--data", str(manifest), "--output", str(run), "--ratio", "0.5"]) == 2
     assert "already holds a run" in capsys.readouterr().err
