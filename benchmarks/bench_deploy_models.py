@@ -9,7 +9,8 @@ REFERENCE_RUN's split.json (runs made from it with the same data and seed share 
 checked) with TTA: ``medseg predict --tta`` then ``medseg evaluate`` in child processes (wall
 time and peak RSS of the predict). Network throughput: windows/s of the network as predict
 loads it (torch for a run, OpenVINO for an int8 export where installed), batch 2 of the
-pipeline's patch, 1 warm-up then 5 timed runs. Size: the export's model file, or the run's
+pipeline's patch, 1 warm-up then 5 timed runs (``--rounds N``: then N rounds over all models,
+interleaved, the median kept: a shared machine's load drifts). Size: the export's model file, or the run's
 network weights in fp32 (what an fp32 ONNX export of it holds, within a few kB). Results are
 appended to OUT.json as they come (a rerun skips the models already there); the table is printed.
 """
@@ -43,7 +44,8 @@ def load(model: Path) -> tuple[torch.nn.Module, object, int]:
         meta = json.loads((model / METADATA).read_text(encoding="utf-8"))
         return net, cfg, sum((model / f).stat().st_size for f in meta["files"].values())
     net, cfg, _ = load_network(best_checkpoint(model))
-    return net, cfg, sum(t.numel() * 4 for t in net.state_dict().values() if t.is_floating_point())
+    # parameters, not state_dict(): DynUNet registers its blocks twice (skip_layers.* repeats them)
+    return net, cfg, sum(p.numel() * 4 for p in net.parameters())
 
 
 def throughput(net: torch.nn.Module, patch: list[int]) -> float:
@@ -96,6 +98,8 @@ def main() -> int:
     ap.add_argument("out", type=Path)
     ap.add_argument("models", nargs="+", metavar="NAME=MODEL")
     ap.add_argument("--data", type=Path, default=Path("../shared/data/Task04_Hippocampus"))
+    ap.add_argument("--rounds", type=int, default=0, metavar="N",
+                    help="then re-measure windows/s of every model in N interleaved rounds (median), against load drift")
     args = ap.parse_args()
     val = json.loads((args.reference / "split.json").read_text(encoding="utf-8"))["val"]
     work = args.out.parent / (args.out.stem + "_work")
@@ -111,6 +115,15 @@ def main() -> int:
             results[name] = measure(name, Path(model), manifest, work)
             args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
         print(name, json.dumps(results[name]), flush=True)
+    if args.rounds:
+        nets = {item.split("=", 1)[0]: load(Path(item.split("=", 1)[1]))[:2] for item in args.models}
+        rates: dict[str, list[float]] = {name: [] for name in nets}
+        for _ in range(args.rounds):
+            for name, (net, cfg) in nets.items():
+                rates[name].append(throughput(net, list(cfg.data.patch_size)))  # type: ignore[attr-defined]
+        for name, values in rates.items():
+            results[name].update(windows_per_s=statistics.median(values), windows_per_s_rounds=values)
+        args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
     print(render(results))
     return 0
 
