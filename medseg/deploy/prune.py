@@ -15,6 +15,9 @@ instead would tie every later load to that library and to pickled modules.
 
 Fine-tuning runs the normal training loop (:func:`medseg.training.run.train`) on the pruned
 config with ``init_from`` = the pruned weights and ``trainer.max_time_minutes`` = the budget.
+It is not optional in practice: in an instance-normalised network a filter's norm says little
+about its channel's role, and the hippocampus DynUNet pruned at R = 0.5 predicts no foreground
+until fine-tuned (benchmarks/RESULTS.md, "Deployment").
 """
 
 from __future__ import annotations
@@ -41,7 +44,6 @@ INIT_FILE = "pruned_init.ckpt"
 # widths (not model.channels alone) are not supported.
 PRUNABLE = ("unet", "residual_unet", "dynunet")
 REPORT = "prune_report.json"
-
 
 
 def check_ratio(ratio: float) -> None:
