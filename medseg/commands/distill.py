@@ -17,7 +17,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         help="knowledge distillation: a (smaller) network learns from the labels and trained teachers",
         description=(
             "Train PIPELINE's network into --output with loss (1 - W) * label loss + W * T^2 * KL(teachers || "
-            "student) at temperature T, the teachers' softmax averaged; the output is an ordinary run directory."
+            "student) at temperature T, the teachers' softmax averaged; the teachers' term also covers unlabelled "
+            "images (the manifest's cases without a label and --unlabelled sources). The output is an ordinary run "
+            "directory."
         ),
     )
     p.add_argument("pipeline", help="the student's pipeline YAML (usually narrower model.channels)")
@@ -28,6 +30,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=2.0, metavar="T", help="softmax temperature (default 2)")
     p.add_argument("--weight", type=float, default=0.5, metavar="W",
                    help="weight of the teachers' term in [0, 1] (default 0.5; the labels get 1 - W)")
+    p.add_argument("--unlabelled", action="append", default=[], metavar="MANIFEST|FOLDER",
+                   help="more unlabelled images for the teachers' term (every image of a manifest, labels ignored, "
+                        "or a folder of NIfTI images; repeatable); the manifest's cases without a label are always used")
+    p.add_argument("--labelled-only", action="store_true",
+                   help="learn from the labelled training cases only (no unlabelled image, not even the manifest's)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a pipeline field (repeatable)")
     p.set_defaults(func=run)
@@ -40,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         cfg = load_pipeline(args.pipeline, [*args.overrides, f"data.manifest={args.data}"])
-        result = distill(cfg, args.teacher, args.output, args.temperature, args.weight)
+        if args.labelled_only and args.unlabelled:
+            raise ValueError(f"--labelled-only with --unlabelled {args.unlabelled}: choose one")
+        unlabelled = None if args.labelled_only else args.unlabelled
+        result = distill(cfg, args.teacher, args.output, args.temperature, args.weight, unlabelled)
     except (ConfigError, FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"medseg distill: {err}", file=sys.stderr)
         return 2

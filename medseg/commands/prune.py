@@ -27,6 +27,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ratio", required=True, type=float, metavar="R", help="fraction of channels to keep, in (0, 1)")
     p.add_argument("--finetune-minutes", type=float, default=10.0, metavar="M",
                    help="fine-tuning budget in minutes (default 10; 0: the pruned weights as they are)")
+    p.add_argument("--finetune-lr", type=float, default=None, metavar="LR",
+                   help="fine-tuning learning rate (default: the run's optim.lr)")
     p.set_defaults(func=run)
 
 
@@ -34,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     from medseg.deploy.prune import REPORT, prune_run
 
     try:
-        report = prune_run(args.model, args.data, args.output, args.ratio, args.finetune_minutes)
+        report = prune_run(args.model, args.data, args.output, args.ratio, args.finetune_minutes, args.finetune_lr)
     except (FileNotFoundError, FileExistsError, ValueError) as err:
         print(f"medseg prune: {err}", file=sys.stderr)
         return 2

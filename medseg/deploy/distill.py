@@ -3,7 +3,12 @@
 Loss per training patch: ``(1 - weight) * L_labels(student) + weight * T^2 * KL(p_T || q_T)``
 (Hinton et al. 2015), with ``p_T`` the teachers' softmax at temperature ``T`` averaged over
 the teachers and ``q_T`` the student's, per voxel (KL summed over classes, averaged over voxels;
-the full-resolution head where the student has deep supervision). The teachers see the same
+the full-resolution head where the student has deep supervision). The teachers' term needs no
+label, so it also covers unlabelled images: the manifest's cases without a label (Decathlon
+``test`` images, nnU-Net ``imagesTs``, ...) and ``--unlabelled`` manifests or folders, as for
+``medseg train --unlabelled`` (:mod:`medseg.data.unlabelled`); each step then adds one
+unlabelled patch per labelled one to the student's and the teachers' pass (the label term
+stays on the labelled patches). The teachers see the same
 preprocessed patch as the student, so they must share its labels, input channels, spatial dims
 and preprocessing (target spacing, normalisation): checked before training. The teachers are
 frozen and kept out of the checkpoint: the output is an ordinary run directory of the student.
@@ -84,12 +89,14 @@ class DistillModule(SegmentationModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         image = batch["image"]
-        x = self.in_layout(image)
+        b = image.shape[0]
+        # one pass over the labelled and the unlabelled patches; labels only for the first b
+        both = torch.cat([image, batch["u_image"].flatten(0, 1)]) if "u_image" in batch else image
+        x = self.in_layout(both)
         out = self.net(x)
-        supervised = self._supervised(out, batch["label"], image.ndim)
+        supervised = self._supervised(out[:b], batch["label"], image.ndim)
         kd = kd_loss(semi.full_resolution(out, image.ndim).float(), self.teacher_probs(x, image.ndim), self.temperature)
         loss = (1 - self.kd_weight) * supervised + self.kd_weight * kd
-        b = image.shape[0]
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=b)
         self.log("train/supervised", supervised, on_step=False, on_epoch=True, batch_size=b)
         self.log("train/distillation", kd, on_step=False, on_epoch=True, batch_size=b)
@@ -97,9 +104,14 @@ class DistillModule(SegmentationModule):
 
 
 def distill(cfg: PipelineConfig, teacher_paths: list[str | Path], run_dir: Path | str,
-            temperature: float = 2.0, weight: float = 0.5) -> Any:
-    """Train ``cfg``'s network into ``run_dir`` from the labels and the teachers; returns train()'s result."""
+            temperature: float = 2.0, weight: float = 0.5, unlabelled: list[str] | None = None) -> Any:
+    """Train ``cfg``'s network into ``run_dir`` from the labels and the teachers; returns train()'s result.
+
+    ``unlabelled``: extra unlabelled manifests or image folders (besides the manifest's cases
+    without a label); None: labelled cases only, not even the manifest's unlabelled ones.
+    """
     from medseg.data.manifest import load_manifest
+    from medseg.data.unlabelled import load_images
     from medseg.training.run import train
 
     check_settings(temperature, weight)
@@ -111,13 +123,16 @@ def distill(cfg: PipelineConfig, teacher_paths: list[str | Path], run_dir: Path 
     teachers = load_teachers(teacher_paths)
     manifest = load_manifest(cfg.data.manifest)
     check_teacher_labels(teachers, teacher_paths, manifest.labels)  # before anything is written
+    sources = None if unlabelled is None else [str(Path(u).resolve()) for u in unlabelled]
+    for source in sources or []:
+        load_images(source)  # a missing or empty source fails here, before anything is written
 
     def factory(config: dict[str, Any], plan: dict[str, Any]) -> SegmentationModule:
         module = DistillModule(config=config, plan=plan)
         module.set_teachers(teachers, teacher_paths, temperature, weight)
         return module
 
-    return train(cfg, run_dir, module_factory=factory)
+    return train(cfg, run_dir, module_factory=factory, unlabelled_sources=sources)
 
 
 

@@ -15,6 +15,9 @@ instead would tie every later load to that library and to pickled modules.
 
 Fine-tuning runs the normal training loop (:func:`medseg.training.run.train`) on the pruned
 config with ``init_from`` = the pruned weights and ``trainer.max_time_minutes`` = the budget.
+It is not optional in practice: in an instance-normalised network a filter's norm says little
+about its channel's role, and the hippocampus DynUNet pruned at R = 0.5 predicts no foreground
+until fine-tuned (benchmarks/RESULTS.md, "Deployment").
 """
 
 from __future__ import annotations
@@ -29,15 +32,17 @@ import torch
 
 from medseg.config import PipelineConfig, from_dict
 from medseg.data.preprocess import PreprocessingPlan
+from medseg.deploy.traceable import TraceEntry, traceable
 from medseg.models.checkpoint import best_checkpoint, in_channels, load_network
 from medseg.models.registry import build_network
+from medseg.models.upsample import upsample_mode
 from medseg.utils import atomic_path, atomic_write_text
 
 INIT_FILE = "pruned_init.ckpt"
-# Families whose pruned network model.channels rebuilds (checked on every prune). torch-pruning's
-# graph cannot size DynUNet's and AttentionUnet's concatenations, and SegResNet's widths are not
-# model.channels alone.
-PRUNABLE = ("unet", "residual_unet")
+# Families whose pruned network model.channels rebuilds (checked on every prune; the tracing
+# work-arounds are in medseg.deploy.traceable). AttentionUnet's attention gates and SegResNet's
+# widths (not model.channels alone) are not supported.
+PRUNABLE = ("unet", "residual_unet", "dynunet")
 REPORT = "prune_report.json"
 
 
@@ -64,27 +69,6 @@ def pruned_config(cfg: PipelineConfig, ratio: float) -> PipelineConfig:
     return from_dict(raw)
 
 
-class _Entry(torch.nn.Module):
-    """``net`` behind an identity 1x1 convolution (never pruned).
-
-    torch-pruning cannot size a skip concatenation whose input is the raw image (no layer
-    produces it: its dependency graph fails on MONAI's outermost ``SkipConnection``); the
-    identity convolution gives the image a producer with a known channel count.
-    """
-
-    def __init__(self, net: torch.nn.Module, channels: int, spatial_dims: int) -> None:
-        super().__init__()
-        conv = torch.nn.Conv3d if spatial_dims == 3 else torch.nn.Conv2d
-        self.entry = conv(channels, channels, 1, bias=False)
-        with torch.no_grad():
-            self.entry.weight.copy_(torch.eye(channels).reshape(channels, channels, *([1] * spatial_dims)))
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(self.entry(x))
-        return out[0] if isinstance(out, list | tuple) else out
-
-
 def prune_network(net: torch.nn.Module, cfg: PipelineConfig, plan: PreprocessingPlan, ratio: float) -> tuple[torch.nn.Module, PipelineConfig]:
     """(a fresh network of the pruned config holding the kept filters, that config)."""
     import torch_pruning as tp
@@ -96,31 +80,31 @@ def prune_network(net: torch.nn.Module, cfg: PipelineConfig, plan: Preprocessing
             f"model.name {cfg.model.name}: medseg prune supports {list(PRUNABLE)}; distil this run into a smaller "
             "network instead, or train a narrower model.channels"
         )
+    if upsample_mode(cfg.model) == "pixelshuffle":  # torch-pruning mis-sizes the sub-pixel shuffle's groups
+        raise ValueError(
+            f"model.upsample {cfg.model.upsample}: medseg prune supports deconv and interp up-sampling; distil this "
+            "run into a narrower network instead"
+        )
     n_in, n_out = in_channels(cfg, plan), plan.num_classes
     target_cfg = pruned_config(cfg, ratio)
     _, heads = layer_roles(cfg.model, n_in, n_out)
     work = copy.deepcopy(net).cpu().eval()
     ignored = list({work.get_submodule(name.rsplit(".", 1)[0]) for name in heads})
-    # A PReLU with one shared slope is channel-free, but torch-pruning cannot size the tensors
-    # around it (its weight reshape has no channel count): out of the graph while pruning.
-    shared = {n: m for n, m in work.named_modules() if isinstance(m, torch.nn.PReLU) and m.num_parameters == 1}
-    for name in shared:
-        work.set_submodule(name, torch.nn.Identity())
-    entry = _Entry(work, n_in, cfg.model.spatial_dims)
-    example = torch.randn(1, n_in, *cfg.data.patch_size)
-    graph = tp.DependencyGraph().build_dependency(entry, example_inputs=example)
-    ignored.append(entry.entry)
-    importance = tp.importance.GroupMagnitudeImportance(p=1)
-    for group in list(graph.get_all_groups(ignored_layers=ignored, root_module_types=(torch.nn.modules.conv._ConvNd,))):
-        scores = importance(group)
-        n = len(scores)
-        drop = n - max(1, round(n * ratio))
-        if drop > 0:
-            dep = group[0].dep
-            idxs = torch.argsort(scores)[:drop].tolist()
-            graph.get_pruning_group(dep.target.module, dep.handler, idxs).prune()
-    for name, module in shared.items():
-        work.set_submodule(name, module)
+    with traceable(work):
+        entry = TraceEntry(work, n_in, cfg.model.spatial_dims)
+        example = torch.randn(1, n_in, *cfg.data.patch_size)
+        graph = tp.DependencyGraph().build_dependency(entry, example_inputs=example)
+        ignored.append(entry.entry)
+        importance = tp.importance.GroupMagnitudeImportance(p=1)
+        # lazily: each group is traced after the previous ones were pruned (a concatenation's offsets change)
+        for group in graph.get_all_groups(ignored_layers=ignored, root_module_types=(torch.nn.modules.conv._ConvNd,)):
+            scores = importance(group)
+            n = len(scores)
+            drop = n - max(1, round(n * ratio))
+            if drop > 0:
+                dep = group[0].dep
+                idxs = torch.argsort(scores)[:drop].tolist()
+                graph.get_pruning_group(dep.target.module, dep.handler, idxs).prune()
     fresh = build_network(target_cfg.model, n_in, n_out)
     want = {k: v.shape for k, v in fresh.state_dict().items()}
     got = {k: v.shape for k, v in work.state_dict().items()}
@@ -128,8 +112,8 @@ def prune_network(net: torch.nn.Module, cfg: PipelineConfig, plan: Preprocessing
     if wrong or set(got) != set(want):
         raise ValueError(  # a guard: PRUNABLE families pass it
             f"model.name {cfg.model.name}: pruning does not give the network that model.channels "
-            f"{target_cfg.model.channels} builds ({'; '.join(wrong[:3]) or 'different tensors'}); prune a unet, "
-            "residual_unet (the families whose levels model.channels sets alone)"
+            f"{target_cfg.model.channels} builds ({'; '.join(wrong[:3]) or 'different tensors'}); prune one of "
+            f"{list(PRUNABLE)} with model.upsample deconv or interp"
         )
     fresh.load_state_dict(work.state_dict())
     return fresh.eval(), target_cfg
@@ -143,13 +127,18 @@ def save_checkpoint(path: Path, net: torch.nn.Module, cfg: PipelineConfig, plan:
 
 
 def prune_run(model: Path | str, data: Path | str | None, output: Path | str, ratio: float,
-              finetune_minutes: float = 10.0) -> dict[str, Any]:
+              finetune_minutes: float = 10.0, finetune_lr: float | None = None) -> dict[str, Any]:
     """Prune the best network of ``model`` into the run directory ``output``; returns the report.
 
-    ``finetune_minutes`` > 0 fine-tunes on ``data`` (a manifest) for that long; 0 writes the
+    ``finetune_minutes`` > 0 fine-tunes on ``data`` (a manifest) for that long, at learning rate
+    ``finetune_lr`` (default: the run's ``optim.lr``: the pruned network has lost much of what it
+    did and relearns at the from-scratch rate better than at a tenth of it, benchmarks/RESULTS.md,
+    "Deployment"); 0 writes the
     pruned weights as they are (``checkpoints/best.ckpt``).
     """
     check_ratio(ratio)
+    if finetune_lr is not None and not finetune_lr > 0:
+        raise ValueError(f"--finetune-lr {finetune_lr}: expected a positive learning rate, e.g. 0.0003")
     if finetune_minutes < 0:
         raise ValueError(f"--finetune-minutes {finetune_minutes}: expected minutes >= 0 (0: no fine-tuning)")
     if finetune_minutes > 0 and (data is None or not Path(data).is_file()):
@@ -165,6 +154,7 @@ def prune_run(model: Path | str, data: Path | str | None, output: Path | str, ra
         "pruned_channels": list(cfg2.model.channels), "parameters": count_parameters(net),
         "pruned_parameters": count_parameters(pruned), "importance": "L1 norm of each channel group (torch-pruning)",
         "finetune_minutes": finetune_minutes,
+        "finetune_lr": (finetune_lr or cfg.optim.lr) if finetune_minutes > 0 else None,
     }
     output.mkdir(parents=True, exist_ok=True)
     if finetune_minutes == 0:
@@ -181,6 +171,7 @@ def prune_run(model: Path | str, data: Path | str | None, output: Path | str, ra
         raw["init_from"] = str(output / INIT_FILE)
         raw["data"]["manifest"] = str(data)
         raw["trainer"]["max_time_minutes"] = finetune_minutes
+        raw["optim"]["lr"] = report["finetune_lr"]
         result = train(from_dict(raw), output)
         report["finetuned_best_checkpoint"] = str(result.best_checkpoint)
         report["finetuned_best_score"] = result.best_val_dice

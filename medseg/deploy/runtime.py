@@ -26,7 +26,9 @@ class OpenVinoNetwork(torch.nn.Module):
         super().__init__()
         import openvino as ov
 
-        self.compiled = ov.Core().compile_model(str(path), "CPU")
+        # as many threads as torch uses (OMP_NUM_THREADS / torch.set_num_threads): OpenVINO's own
+        # default takes every core, which would make fp32 torch and int8 incomparable
+        self.compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
         self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)  # device probe for the window
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

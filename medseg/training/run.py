@@ -57,13 +57,16 @@ def _resolve_plan(cfg: PipelineConfig, manifest: Manifest, run_dir: Path, resume
 
 
 def plan_cases(
-    cfg: PipelineConfig, manifest: Manifest, split: dict[str, Any], train_labelled: list[Case]
+    cfg: PipelineConfig, manifest: Manifest, split: dict[str, Any], train_labelled: list[Case],
+    unlabelled_sources: list[str] | None = None,
 ) -> tuple[dict[str, Any], list[Case]]:
     """Which training cases keep their labels and which images train without: decided from
     file lists only, so every impossible combination fails before any compute.
 
     Returns the split with ``labelled`` and ``unlabelled`` (names) added, and the
-    unlabelled image-only cases (empty without a semi-supervised method).
+    unlabelled image-only cases (empty without a semi-supervised method, unless
+    ``unlabelled_sources`` is a list: ``medseg distill``, whose module learns from any
+    unlabelled images there are, the manifest's and those sources').
     """
     s = cfg.semi_supervised
     try:
@@ -71,7 +74,7 @@ def plan_cases(
     except ValueError as err:
         raise ConfigError(str(err)) from None
     pool: list[Case] = []
-    if s.method == "none":
+    if s.method == "none" and unlabelled_sources is None:
         if s.unlabelled:
             raise ConfigError(
                 f"semi_supervised.unlabelled: {s.unlabelled} is given but semi_supervised.method is none; "
@@ -85,9 +88,9 @@ def plan_cases(
             log.info(f"data.labelled_cases={len(labelled)}: the labels of {len(hidden)} training cases are hidden and "
                      "those cases unused; --set semi_supervised.method=mean_teacher learns from their images")
     else:
-        pool = unlabelled_pool(manifest, s.unlabelled, train_labelled)
+        pool = unlabelled_pool(manifest, [*s.unlabelled, *(unlabelled_sources or [])], train_labelled)
         pool += [Case(n, list(manifest.case(n).images), None) for n in hidden]
-        if not pool:
+        if not pool and s.method != "none":
             raise ConfigError(
                 f"semi_supervised.method: {s.method} needs unlabelled images and {manifest.path} has none; "
                 "add --unlabelled MANIFEST|FOLDER, or set data.labelled_cases=N to train on N labels"
@@ -98,11 +101,14 @@ def plan_cases(
 def train(
     cfg: PipelineConfig, run_dir: str | Path, resume: bool = False,
     module_factory: Callable[..., SegmentationModule] | None = None,
+    unlabelled_sources: list[str] | None = None,
 ) -> TrainResult:
     """Train ``cfg`` into ``run_dir``; ``resume`` continues from ``checkpoints/last.ckpt``.
 
     ``module_factory(config=..., plan=...)`` builds the module instead of
-    :class:`SegmentationModule` (``medseg distill``: a student with teachers)."""
+    :class:`SegmentationModule` (``medseg distill``: a student with teachers);
+    ``unlabelled_sources`` (a list, maybe empty) feeds it unlabelled images without a
+    semi-supervised method: see :func:`plan_cases`."""
     start = time.time()
     if not cfg.data.manifest:
         raise ConfigError("data.manifest: no dataset given; set it in the pipeline or pass --data MANIFEST")
@@ -119,7 +125,7 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     check_run_dir(run_dir, resume)
     split = load_or_make_split(run_dir / "split.json", [c.name for c in labelled_cases], cfg)
-    split, unlabelled = plan_cases(cfg, manifest, split, labelled_cases)
+    split, unlabelled = plan_cases(cfg, manifest, split, labelled_cases, unlabelled_sources)
     pl.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     rank = int(os.environ.get("LOCAL_RANK", 0))
     if rank == 0:

@@ -24,3 +24,21 @@ def phantom_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     manifest = root / "data" / "dataset.json"
     assert main(["train", str(root / "tiny.yaml"), "--data", str(manifest), "--output", str(root / "run")]) == 0
     return root / "run", manifest
+
+
+TINY_DYNUNET = (
+    "data:\n  patch_size: [16, 16, 16]\n  target_spacing: [4.0, 4.0, 4.0]\n"
+    "model:\n  name: dynunet\n  channels: [8, 16, 32]\n  strides: [2, 1]\n  deep_supervision: true\n"
+    "trainer:\n  max_epochs: 2\n  steps_per_epoch: 4\n  val_every_n_epochs: 2\n  progress_bar: false\n"
+)
+
+
+@pytest.fixture(scope="session")
+def phantom_dynunet_run(phantom_run: tuple[Path, Path]) -> tuple[Path, Path]:
+    """(run directory of a deep-supervised DynUNet trained 8 steps on the phantoms, their manifest)."""
+    _, manifest = phantom_run
+    root = manifest.parent.parent
+    (root / "tiny_dynunet.yaml").write_text(TINY_DYNUNET)
+    run = root / "run_dynunet"
+    assert main(["train", str(root / "tiny_dynunet.yaml"), "--data", str(manifest), "--output", str(run)]) == 0
+    return run, manifest

@@ -56,10 +56,45 @@ def test_prune_fine_tunes_into_a_run_that_exports_int8(phantom_run: tuple[Path, 
     assert init["loaded"] and not init["skipped"] and not init["reinitialised"]  # every pruned tensor carried over
     _, cfg2, _ = load_network(out / "checkpoints" / "best.ckpt")
     assert cfg2.model.channels == [4, 8] and cfg2.trainer.max_time_minutes == 1
+    _, cfg, _ = load_network(run / "checkpoints" / "best.ckpt")
+    assert cfg2.optim.lr == cfg.optim.lr  # fine-tuning at the run's learning rate unless --finetune-lr
+    assert json.loads((out / "prune_report.json").read_text(encoding="utf-8"))["finetune_lr"] == cfg2.optim.lr
     assert main(["export", "--model", str(out), "--output", str(tmp_path / "e"), "--quantize", "int8",
                  "--calibration", str(manifest), "--calibration-cases", "2"]) == 0
     assert main(["predict", "--model", str(tmp_path / "e"), "--input", str(manifest.parent / "imagesTs"), "--output",
                  str(tmp_path / "pred")]) == 0
+
+
+def test_prune_a_deep_supervised_dynunet_run_into_one_that_predicts_and_exports(
+        phantom_dynunet_run: tuple[Path, Path], tmp_path: Path) -> None:
+    run, manifest = phantom_dynunet_run
+    out = tmp_path / "pruned"
+    assert main(["prune", "--model", str(run), "--data", str(manifest), "--output", str(out), "--ratio", "0.5",
+                 "--finetune-minutes", "0"]) == 0
+    original, cfg, plan = load_network(run / "checkpoints" / "best.ckpt")
+    pruned, cfg2, _ = load_network(out / "checkpoints" / "best.ckpt")  # rebuilt from config + state dict
+    assert cfg.model.channels == [8, 16, 32] and cfg2.model.channels == [4, 8, 16] and cfg2.model.deep_supervision
+    state, state2 = original.state_dict(), pruned.state_dict()
+    assert set(state) == set(state2)
+    for name, tensor in state.items():  # every width halved; the class axis of the heads and the image axis kept
+        halved = [d if d in (1, plan.num_classes) else d // 2 for d in tensor.shape[:2]]
+        assert list(state2[name].shape[:2]) == halved, name
+    x = torch.from_numpy(calibration_windows(manifest, cfg, plan, cases=4, per_case=4, seed=3))
+    reference = _probabilities(original, x)
+    kept = (reference - _probabilities(pruned, x)).abs().mean().item()
+    assert kept > 0  # half the channels are gone: not the same function ...
+    for seed in range(3):  # ... but far closer to it than a network of the pruned widths without the kept filters
+        torch.manual_seed(seed)
+        random = build_network(cfg2.model, 1, plan.num_classes).eval()
+        assert kept < (reference - _probabilities(random, x)).abs().mean().item()
+    pred = tmp_path / "pred"
+    assert main(["predict", "--model", str(out), "--input", str(manifest.parent / "imagesTs"), "--output", str(pred)]) == 0
+    assert len(list(pred.glob("*.nii.gz"))) == 2
+    assert main(["export", "--model", str(out), "--output", str(tmp_path / "e"), "--quantize", "int8",
+                 "--calibration", str(manifest), "--calibration-cases", "2"]) == 0
+    assert main(["predict", "--model", str(tmp_path / "e"), "--input", str(manifest.parent / "imagesTs"), "--output",
+                 str(tmp_path / "pred8")]) == 0
+    assert len(list((tmp_path / "pred8").glob("*.nii.gz"))) == 2
 
 
 @pytest.mark.parametrize("ratio", ["0", "1", "1.5", "-0.2"])
@@ -79,6 +114,8 @@ def test_prune_refuses_other_requests_before_compute(phantom_run: tuple[Path, Pa
     assert "fine-tuning needs the training manifest" in capsys.readouterr().err
     assert main([*args, "--data", str(manifest), "--finetune-minutes", "-1"]) == 2
     assert "expected minutes >= 0" in capsys.readouterr().err
+    assert main([*args, "--data", str(manifest), "--finetune-lr", "0"]) == 2
+    assert "--finetune-lr 0.0: expected a positive learning rate" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
     assert main(["prune", "--model", str(run), "--data", str(manifest), "--output", str(run), "--ratio", "0.5"]) == 2
     assert "already holds a run" in capsys.readouterr().err
@@ -90,7 +127,7 @@ def test_prune_refuses_a_family_it_cannot_rebuild(tmp_path: Path) -> None:
 
     cfg = from_dict({"model": {"name": "segresnet", "channels": [8, 16]}, "data": {"patch_size": [16, 16, 16]}})
     plan = PreprocessingPlan([1.0, 1.0, 1.0], "zscore", labels={"background": 0, "a": 1})
-    with pytest.raises(ValueError, match=r"model.name segresnet: medseg prune supports \['unet', 'residual_unet'\]"):
+    with pytest.raises(ValueError, match=r"model.name segresnet: medseg prune supports \['unet', 'residual_unet', 'dynunet'\]"):
         prune_network(build_network(cfg.model, 1, 2), cfg, plan, 0.5)
 
 

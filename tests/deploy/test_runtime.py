@@ -55,3 +55,15 @@ def test_bad_or_missing_runtime_is_named(onnx_file, monkeypatch):
     monkeypatch.setattr(runtime, "_has_openvino", lambda: False)
     with pytest.raises(RuntimeError, match=r"pip install 'medseg\[deploy\]'"):
         int8_network(path, "openvino")
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_openvino_uses_torchs_thread_count(onnx_file, threads):
+    path, _ = onnx_file
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        net = OpenVinoNetwork(path)
+    finally:
+        torch.set_num_threads(before)
+    assert int(net.compiled.get_property("INFERENCE_NUM_THREADS")) == threads
