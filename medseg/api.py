@@ -82,7 +82,6 @@ def train(
     ...         "trainer": {"max_epochs": 1, "steps_per_epoch": 2, "val_every_n_epochs": 1,
     ...                     "memory_format": "contiguous", "progress_bar": False}}
     >>> result = medseg.train(tiny, data=manifest, output=Path(tmp.name) / "run")
-    epoch 0  dice_organ=...  mean_dice=...
     >>> result.best_checkpoint.name, 0.0 <= result.best_val_dice <= 1.0
     ('best.ckpt', True)
     >>> tmp.cleanup()
@@ -135,7 +134,6 @@ def predict(
     ...         "trainer": {"max_epochs": 1, "steps_per_epoch": 2, "val_every_n_epochs": 1,
     ...                     "memory_format": "contiguous", "progress_bar": False}}
     >>> _ = medseg.train(tiny, data=manifest, output=root / "run")
-    epoch 0  dice_organ=...  mean_dice=...
     >>> results = medseg.predict(root / "run", root / "data" / "imagesTs", root / "pred", device="cpu")
     >>> [(r.case, r.status) for r in results]
     [('phantom_003', 'ok')]

@@ -121,7 +121,6 @@ class Predictor:
     ...         "trainer": {"max_epochs": 1, "steps_per_epoch": 2, "val_every_n_epochs": 1,
     ...                     "memory_format": "contiguous", "progress_bar": False}}
     >>> _ = medseg.train(tiny, data=manifest, output=root / "run")
-    epoch 0  dice_organ=...  mean_dice=...
     >>> predictor = medseg.Predictor.from_checkpoints([root / "run"])
     >>> predictor.labels
     {'background': 0, 'organ': 1, 'lesion': 2, 'vessel': 3}
