@@ -22,21 +22,23 @@ def test_options_reach_distill(student, monkeypatch, capsys):
 
     seen: list[tuple] = []
 
-    def distill(cfg, teachers, run_dir, temperature=2.0, weight=0.5):
-        seen.append((cfg.data.manifest, cfg.model.channels, cfg.trainer.max_epochs, teachers, run_dir, temperature, weight))
+    def distill(cfg, teachers, run_dir, temperature=2.0, weight=0.5, unlabelled=None):
+        seen.append((cfg.data.manifest, cfg.model.channels, cfg.trainer.max_epochs, teachers, run_dir, temperature, weight,
+                     unlabelled))
         return TrainResult(Path(run_dir), Path(run_dir) / "best.ckpt", None, 0.5, 1.0)
 
     monkeypatch.setattr("medseg.deploy.distill.distill", distill)
     assert main(["distill", str(student), "--teacher", "t1", "--teacher", "t2", "--data", "d.json", "--output", "s",
-                 "--temperature", "4", "--weight", "0.25", "--set", "trainer.max_epochs=2"]) == 0
-    manifest, channels, epochs, teachers, run_dir, temperature, weight = seen[0]
+                 "--temperature", "4", "--weight", "0.25", "--set", "trainer.max_epochs=2", "--unlabelled", "u"]) == 0
+    manifest, channels, epochs, teachers, run_dir, temperature, weight, unlabelled = seen[0]
+    assert unlabelled == ["u"]
     assert manifest.endswith("d.json") and channels == [4, 8] and epochs == 2
     assert (teachers, run_dir, temperature, weight) == (["t1", "t2"], "s", 4.0, 0.25)
     assert "run directory: s  best checkpoint: s/best.ckpt  best val mean Dice: 0.5000" in capsys.readouterr().out
 
 
 def test_refusals_exit_2(student, monkeypatch, capsys):
-    def distill(cfg, teachers, run_dir, temperature=2.0, weight=0.5):
+    def distill(cfg, teachers, run_dir, temperature=2.0, weight=0.5, unlabelled=None):
         raise ValueError(f"--weight {weight}: expected a number in [0, 1]")
 
     monkeypatch.setattr("medseg.deploy.distill.distill", distill)
