@@ -17,6 +17,7 @@ worktree of the commit before block-wise prediction) for a before/after comparis
 
     .venv/bin/python benchmarks/bench_many_classes.py --classes 3,20,118 --slices 300,1000 [--tta] [--code DIR]
     .venv/bin/python benchmarks/bench_many_classes.py --train --classes 3,118   # training + validation memory
+    .venv/bin/python benchmarks/bench_many_classes.py --dicom-seg ../shared/data  # BINARY vs LABELMAP SEG
 """
 
 from __future__ import annotations
@@ -131,6 +132,28 @@ def train_child(args: argparse.Namespace) -> None:
     print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": _peak_rss_mb()}))
 
 
+def dicom_seg(data: Path) -> None:
+    """BINARY vs LABELMAP DICOM-SEG of the sample CT series' 117-structure label map: seconds and size."""
+    import nibabel as nib
+    import numpy as np
+
+    from medseg.data.io import read_volume
+    from medseg.inference.dicom_seg import write_dicom_seg
+
+    folder = data / "ct_abdomen_sample"
+    reference = read_volume(folder / "dicom")
+    labels = np.asanyarray(nib.load(str(folder / "dicom_seg_totalsegmentator.nii.gz")).dataobj).astype(np.uint8)
+    names = json.loads((folder / "labels.json").read_text())["total"]
+    label_map = {"background": 0, **{v: int(k) for k, v in names.items()}}
+    for kind in ("binary", "labelmap"):
+        out = Path("/tmp") / f"medseg-bench-seg-{kind}.dcm"
+        start = time.perf_counter()
+        write_dicom_seg(out, labels, reference, label_map, seg_type=kind)
+        print(json.dumps({"seg_type": kind, "structures": len(label_map) - 1,
+                          "present": int(len(np.unique(labels)) - 1), "seconds": time.perf_counter() - start,
+                          "mb": out.stat().st_size / 1e6}), flush=True)
+
+
 def _peak_rss_mb() -> float:
     for line in Path("/proc/self/status").read_text(encoding="utf-8").splitlines():
         if line.startswith("VmHWM:"):
@@ -204,7 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--compare-to", help="folder of masks of an earlier run (same names) to compare with")
     parser.add_argument("--workdir", default="/tmp/medseg-bench-many")
     parser.add_argument("--train", action="store_true", help="measure training + validation instead")
+    parser.add_argument("--dicom-seg", metavar="DATA", help="measure DICOM-SEG encodings on DATA/ct_abdomen_sample")
     args = parser.parse_args(argv)
+    if args.dicom_seg:
+        dicom_seg(Path(args.dicom_seg))
+        return 0
     if args.child:
         (train_child if args.train else child)(args)
         return 0
