@@ -114,7 +114,8 @@ def test_spacing_in_mm_is_honoured(axis: int) -> None:
     assert aniso[tuple(plane)].min() > 0.6  # kept, strengthened by its in-plane neighbours
 
 
-def test_large_boxes_are_refined_on_a_coarser_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+def _record_lattice_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Points of every permutohedral lattice built (one per refined box)."""
     sizes: list[int] = []
     original = crf_module.Lattice
 
@@ -123,6 +124,11 @@ def test_large_boxes_are_refined_on_a_coarser_grid(monkeypatch: pytest.MonkeyPat
         return original(features)
 
     monkeypatch.setattr(crf_module, "Lattice", recording)
+    return sizes
+
+
+def test_large_boxes_are_refined_on_a_coarser_grid(monkeypatch: pytest.MonkeyPatch) -> None:
+    sizes = _record_lattice_sizes(monkeypatch)
     truth = _sphere((40, 40, 40), 12)
     prob = np.where(truth, 0.8, 0.2).astype(np.float32)
     image = 3.0 * truth[None].astype(np.float32)
@@ -134,14 +140,7 @@ def test_large_boxes_are_refined_on_a_coarser_grid(monkeypatch: pytest.MonkeyPat
 
 def test_more_classes_in_a_box_mean_a_coarser_grid(monkeypatch: pytest.MonkeyPatch) -> None:
     """Memory grows with voxels x classes: four classes get half the voxels of two."""
-    sizes: list[int] = []
-    original = crf_module.Lattice
-
-    def recording(features: torch.Tensor) -> object:
-        sizes.append(features.shape[0])
-        return original(features)
-
-    monkeypatch.setattr(crf_module, "Lattice", recording)
+    sizes = _record_lattice_sizes(monkeypatch)
     probs = torch.full((4, 40, 40, 40), 0.25)
     out = crf_module.crf_refine(probs, np.zeros((1, 40, 40, 40), np.float32), (1, 1, 1), CrfConfig(max_voxels=10_000))
     assert sizes == [14**3]  # budget 5000 voxels: factor ceil((64000 / 5000) ** (1/3)) = 3
