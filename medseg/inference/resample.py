@@ -85,12 +85,15 @@ def block_labels(probs: torch.Tensor, box: Box, taps: Sequence[Taps], out: np.nd
     else:
         candidates = probs
     del second
+    # Z-major and contiguous, so that each output slab reads contiguous network-grid slices
+    # (gathering one Z slice of a Z-last block touches every cache line of it)
+    candidates = candidates.permute(3, 0, 1, 2).contiguous()  # (Z', n, X', Y')
     local: list[LocalTaps] = []
     for (i0, i1, w1), (lo, _), (j0, j1) in zip(taps, box, ranges, strict=True):
         local.append((torch.from_numpy(i0[j0:j1] - lo), torch.from_numpy(i1[j0:j1] - lo), torch.from_numpy(w1[j0:j1])))
     ox, oy = ranges[0][1] - ranges[0][0], ranges[1][1] - ranges[1][0]
     depth = ranges[2][1] - ranges[2][0]
-    per_slice = max(1, len(candidates) * ox * oy * 4 * 3)
+    per_slice = max(1, candidates.shape[1] * ox * oy * 4 * 3)
     step = max(1, min(depth, SLAB_BYTES // per_slice))
     (x0, x1), (y0, y1), (z_first, _) = ranges
     for z0 in range(0, depth, step):
@@ -112,10 +115,12 @@ def _lerp(x: torch.Tensor, dim: int, t: LocalTaps) -> torch.Tensor:
 
 
 def _interpolate(values: torch.Tensor, axis_taps: Sequence[LocalTaps]) -> torch.Tensor:
-    """Separable linear interpolation of (n, X', Y', Z') onto the taps' output voxels (Z first)."""
-    out = _lerp(values, 3, axis_taps[2])
-    out = _lerp(out, 2, axis_taps[1])
-    return _lerp(out, 1, axis_taps[0])
+    """Separable linear interpolation of Z-major (Z', n, X', Y') onto the taps' output voxels
+    (Z first); returns (n, X, Y, Z)."""
+    out = _lerp(values, 0, axis_taps[2])  # (dz, n, X', Y')
+    out = _lerp(out, 3, axis_taps[1])
+    out = _lerp(out, 2, axis_taps[0])  # (dz, n, X, Y)
+    return out.permute(1, 2, 3, 0)
 
 
 def _settle(values: torch.Tensor, present: torch.Tensor, probs: torch.Tensor,
