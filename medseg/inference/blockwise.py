@@ -18,17 +18,16 @@ of network output, bounded by :data:`WINDOW_BYTES`.
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from monai.data.utils import compute_importance_map
 
-from medseg.config import PipelineConfig, patch_mirror_axes
+from medseg.config import PipelineConfig
 from medseg.inference.blocks import BlockPlan, Box, WindowGrid, intersects, plan_blocks, window_grid
 from medseg.inference.resample import running_argmax
-from medseg.inference.window import _logits_only, predict_probabilities
+from medseg.inference.window import _logits_only, flips_for, predict_probabilities
 
 BLOCK_BYTES = 768 * 2**20
 """Default budget (bytes) of one block's class probabilities and their companions
@@ -40,14 +39,6 @@ both). Measured at 256 MiB: 3 classes, 3 blocks, 1.44x the windows; 118 classes,
 
 WINDOW_BYTES = 128 * 2**20
 """Budget of one batch of window logits: ``sw_batch_size`` shrinks for many classes."""
-
-
-def flips_for(cfg: PipelineConfig, tta: bool) -> list[tuple[int, ...]]:
-    """Spatial axes (0-based) of every mirrored pass: ``[()]`` without TTA."""
-    if not tta:
-        return [()]
-    axes = list(patch_mirror_axes(cfg))
-    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
 
 
 def network_grid(cfg: PipelineConfig, shape: Sequence[int]) -> WindowGrid:
@@ -87,20 +78,20 @@ def _pass_logits(
     """Blended logits (K, *box) of one (possibly mirrored) sliding-window pass, on the net's device."""
     device = weight.device
     run = _logits_only(net)
-    dims = [1 + a for a in flip]  # window tensors are (B, C, *spatial); per window (C, *spatial)
+    dims = [2 + a for a in flip]  # of a window batch (B, C, *spatial)
     shape = tuple(hi - lo for lo, hi in box)
     acc = torch.zeros((num_classes, *shape), dtype=torch.float32, device=device)
     count = torch.zeros(shape, dtype=torch.float32, device=device)
-    w = torch.flip(weight, [d - 1 for d in dims]) if dims else weight
+    w = torch.flip(weight, list(flip)) if flip else weight
     starts = [s for s in grid.windows(flip) if intersects(s, grid.roi, box)]
     for i in range(0, len(starts), sw_batch):
         batch = starts[i : i + sw_batch]
         x = torch.stack([_crop(image, s, grid.roi) for s in batch]).to(device)
         if dims:
-            x = torch.flip(x, [d + 1 for d in dims])
+            x = torch.flip(x, dims)
         logits = torch.as_tensor(run(x)).float()
         if dims:
-            logits = torch.flip(logits, [d + 1 for d in dims])
+            logits = torch.flip(logits, dims)
         for start, out in zip(batch, logits, strict=True):
             win, blk = _overlap(start, grid.roi, box)
             part = out[(slice(None), *win)]

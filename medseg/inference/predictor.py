@@ -7,7 +7,7 @@ sliding window per network, optionally with mirroring TTA, and the ensemble's me
 probability (:mod:`medseg.inference.blockwise`), then the argmax of their linear
 resampling onto the input grid for the output voxels the block owns
 (:mod:`medseg.inference.resample`) -> paste and undo the reorientation
-(:mod:`medseg.inference.geometry`) -> per-structure post-processing
+(:mod:`medseg.data.inverse`) -> per-structure post-processing
 (:mod:`medseg.inference.postprocess`). Class probabilities exist for one block at a time,
 so memory does not grow with ``classes x volume``; the labels equal those of one
 whole-volume pass (windows, weights, TTA and ensemble averaging are the same) except

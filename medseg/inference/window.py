@@ -32,16 +32,22 @@ def _logits_only(net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]
     return run
 
 
+def flips_for(cfg: PipelineConfig, tta: bool) -> list[tuple[int, ...]]:
+    """Spatial axes (0-based) of every mirrored pass: every combination of the axes mirrored
+    in training with TTA, ``[()]`` without."""
+    if not tta:
+        return [()]
+    axes = list(patch_mirror_axes(cfg))
+    return [c for r in range(len(axes) + 1) for c in itertools.combinations(axes, r)]
+
+
 def _window_probs(
     net: torch.nn.Module, x: torch.Tensor, roi: tuple[int, ...], cfg: PipelineConfig, tta: bool
 ) -> torch.Tensor:
     """Softmax probabilities (B, K, *spatial) for a batch (B, C, *spatial)."""
     run = _logits_only(net)
     inf = cfg.inference
-    dims = [2 + a for a in patch_mirror_axes(cfg)]  # the axes mirrored in training
-    flips: list[tuple[int, ...]] = [()]
-    if tta:
-        flips = [c for r in range(len(dims) + 1) for c in itertools.combinations(dims, r)]
+    flips = [tuple(2 + a for a in f) for f in flips_for(cfg, tta)]  # (B, C, *spatial) dims
 
     def probs_for(flip: tuple[int, ...]) -> torch.Tensor:
         xi = torch.flip(x, flip) if flip else x
