@@ -63,7 +63,9 @@ def setup(workdir: Path, slices: int, classes: int, tta: bool) -> dict[str, str]
     if not warmup.exists():
         src: Any = nib.load(str(image))
         nib.save(src.slicer[:96, :96, :72], str(warmup))
-    ckpt = workdir / f"model_{classes}{'_tta' if tta else ''}.ckpt"
+    # the architecture is in the name: a checkpoint cached by an older version of this script
+    # (a MONAI UNet, whose head alone costs 20x at 118 classes) must not be reused
+    ckpt = workdir / f"model_dynunet-8-64_{classes}{'_tta' if tta else ''}.ckpt"
     if not ckpt.exists():
         labels = {"background": 0, **{f"structure_{i}": i for i in range(1, classes)}}
         plan = PreprocessingPlan(

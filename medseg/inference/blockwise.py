@@ -11,23 +11,34 @@ inside the block is accumulated. A 2D network's windows lie within a slice, so a
 slices is exact by construction (:func:`medseg.inference.window.predict_probabilities`
 on the slices).
 
-Memory: ``classes x block`` float32 for the accumulated logits, the same again for the
-sum over passes when there is more than one (TTA or an ensemble), plus one window batch
-of network output, bounded by :data:`WINDOW_BYTES`.
+A network whose last layer is a pointwise convolution (DynUNet, AttentionUnet, SegResNet;
+:mod:`medseg.models.head`) is blended as its F-channel *features* when that holds fewer
+numbers than its K-class probabilities (F x passes < K, or 2K with TTA): the windows run
+without the head, and :class:`medseg.inference.block_source.BlockSource` applies the head
+and the softmax slab by slab. The result is the same (blending is linear) but neither the
+windows nor the block ever hold ``classes x voxels``: with 118 classes and F = 8 a block
+holds 15x fewer numbers and the windows run at the configured batch size.
+
+Memory per block voxel: :func:`bytes_per_voxel`; plus one window batch of network output,
+bounded by :data:`WINDOW_BYTES`, and one slab of probabilities
+(:data:`medseg.inference.block_source.SLAB_BYTES`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from monai.data.utils import compute_importance_map
 
-from medseg.config import PipelineConfig
+from medseg.config import PipelineConfig, network_strides
+from medseg.inference.block_source import BlockSource, FeatureMember, softmax_
 from medseg.inference.blocks import BlockPlan, Box, WindowGrid, intersects, plan_blocks, window_grid
 from medseg.inference.resample import running_argmax
 from medseg.inference.window import _logits_only, flips_for, predict_probabilities
+from medseg.models.head import SplitNetwork, split_head
 
 BLOCK_BYTES = 768 * 2**20
 """Default budget (bytes) of one block's class probabilities and their companions
@@ -71,16 +82,16 @@ def _overlap(start: Sequence[int], roi: Sequence[int], box: Box) -> tuple[tuple[
     return tuple(win), tuple(blk)
 
 
-def _pass_logits(
-    net: torch.nn.Module, image: torch.Tensor, grid: WindowGrid, box: Box, flip: tuple[int, ...],
-    weight: torch.Tensor, sw_batch: int, num_classes: int,
+def _pass_outputs(
+    run: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, grid: WindowGrid, box: Box,
+    flip: tuple[int, ...], weight: torch.Tensor, sw_batch: int, channels: int,
 ) -> torch.Tensor:
-    """Blended logits (K, *box) of one (possibly mirrored) sliding-window pass, on the net's device."""
+    """Blended outputs (C, *box) of one (possibly mirrored) sliding-window pass of ``run``
+    (logits, or a trunk's features), divided by the sum of the weights, on ``weight``'s device."""
     device = weight.device
-    run = _logits_only(net)
     dims = [2 + a for a in flip]  # of a window batch (B, C, *spatial)
     shape = tuple(hi - lo for lo, hi in box)
-    acc = torch.zeros((num_classes, *shape), dtype=torch.float32, device=device)
+    acc = torch.zeros((channels, *shape), dtype=torch.float32, device=device)
     count = torch.zeros(shape, dtype=torch.float32, device=device)
     w = torch.flip(weight, list(flip)) if flip else weight
     starts = [s for s in grid.windows(flip) if intersects(s, grid.roi, box)]
@@ -89,23 +100,72 @@ def _pass_logits(
         x = torch.stack([_crop(image, s, grid.roi) for s in batch]).to(device)
         if dims:
             x = torch.flip(x, dims)
-        logits = torch.as_tensor(run(x)).float()
+        out_batch = torch.as_tensor(run(x)).float()
         if dims:
-            logits = torch.flip(logits, dims)
-        for start, out in zip(batch, logits, strict=True):
+            out_batch = torch.flip(out_batch, dims)
+        for start, out in zip(batch, out_batch, strict=True):
             win, blk = _overlap(start, grid.roi, box)
             part = out[(slice(None), *win)]
-            part.mul_(w[win])  # in place, as MONAI: no second window-sized copy of the logits
+            part.mul_(w[win])  # in place, as MONAI: no second window-sized copy of the outputs
             acc[(slice(None), *blk)] += part
             count[blk] += w[win]
-        del logits, x
+        del out_batch, x
     return acc.div_(count)
 
 
-def softmax_(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over dim 0, in place (no second ``classes x block`` buffer)."""
-    logits.sub_(logits.max(dim=0, keepdim=True).values).exp_()
-    return logits.div_(logits.sum(dim=0, keepdim=True))
+_SPLITS: weakref.WeakKeyDictionary[torch.nn.Module, SplitNetwork | None] = weakref.WeakKeyDictionary()
+
+
+def member_split(net: torch.nn.Module, cfg: PipelineConfig, num_classes: int, in_channels: int) -> SplitNetwork | None:
+    """The 3D network's trunk and pointwise head (verified once per network), or None."""
+    if cfg.model.spatial_dims != 3 or net.training:  # training mode: verified only in eval
+        return None
+    if net not in _SPLITS:
+        total = [1, 1, 1]
+        for s in network_strides(cfg.model):
+            total = [t * s for t in total]
+        _SPLITS[net] = split_head(net, num_classes, tuple(2 * t for t in total), in_channels)
+    return _SPLITS[net]
+
+
+def _passes(cfg: PipelineConfig) -> int:
+    return len(flips_for(cfg, cfg.inference.tta))
+
+
+def feature_split(net: torch.nn.Module, cfg: PipelineConfig, num_classes: int, in_channels: int) -> SplitNetwork | None:
+    """The split to blend features with, where that holds fewer numbers per voxel than the
+    member's probabilities would (F x passes < K, or < 2K with TTA); else None."""
+    split = member_split(net, cfg, num_classes, in_channels)
+    if split is None:
+        return None
+    passes = _passes(cfg)
+    return split if split.head.in_channels * passes < num_classes * (2 if passes > 1 else 1) else None
+
+
+def _window_setup(cfg: PipelineConfig, image: torch.Tensor, channels: int, device: torch.device
+                  ) -> tuple[WindowGrid, torch.Tensor, int]:
+    grid = network_grid(cfg, image.shape[1:])
+    roi_voxels = 1
+    for r in grid.roi:
+        roi_voxels *= r
+    per_window = channels * roi_voxels * 4 * 2  # outputs and their flipped copy
+    sw_batch = max(1, min(cfg.inference.sw_batch_size, WINDOW_BYTES // per_window))
+    # MONAI's weights, built on the CPU (it reads their minimum back) and moved once
+    weight = compute_importance_map(grid.roi, mode=cfg.inference.blend, device="cpu", dtype=torch.float32).to(device)
+    return grid, weight, sw_batch
+
+
+@torch.no_grad()
+def member_features(split: SplitNetwork, image: torch.Tensor, cfg: PipelineConfig, box: Box) -> FeatureMember:
+    """The blended trunk features of every mirrored pass of one member over ``box``."""
+    device = next(split.trunk.parameters()).device
+    grid, weight, sw_batch = _window_setup(cfg, image, split.head.in_channels, device)
+    run = _logits_only(split.trunk)
+    passes = [
+        _pass_outputs(run, image, grid, box, flip, weight, sw_batch, split.head.in_channels)
+        for flip in flips_for(cfg, cfg.inference.tta)
+    ]
+    return FeatureMember(split.head, passes)
 
 
 @torch.no_grad()
@@ -120,17 +180,11 @@ def member_probabilities(net: torch.nn.Module, image: torch.Tensor, cfg: Pipelin
     flips = flips_for(cfg, cfg.inference.tta)
     if cfg.model.spatial_dims == 2:
         return _slices_2d(net, image, cfg, box, flips).to(device)
-    grid = network_grid(cfg, image.shape[1:])
-    roi_voxels = 1
-    for r in grid.roi:
-        roi_voxels *= r
-    per_window = num_classes * roi_voxels * 4 * 2  # logits and their flipped copy
-    sw_batch = max(1, min(cfg.inference.sw_batch_size, WINDOW_BYTES // per_window))
-    # MONAI's weights, built on the CPU (it reads their minimum back) and moved once
-    weight = compute_importance_map(grid.roi, mode=cfg.inference.blend, device="cpu", dtype=torch.float32).to(device)
+    grid, weight, sw_batch = _window_setup(cfg, image, num_classes, device)
+    run = _logits_only(net)
     total: torch.Tensor | None = None
     for flip in flips:
-        probs = softmax_(_pass_logits(net, image, grid, box, flip, weight, sw_batch, num_classes))
+        probs = softmax_(_pass_outputs(run, image, grid, box, flip, weight, sw_batch, num_classes))
         total = probs if total is None else total.add_(probs)
         del probs
     if total is None:  # pragma: no cover - flips is never empty
@@ -162,36 +216,62 @@ def _slices_2d(net: torch.nn.Module, image: torch.Tensor, cfg: PipelineConfig, b
 
 
 @torch.no_grad()
-def block_probabilities(
+def block_source(
     members: Sequence[tuple[torch.nn.Module, PipelineConfig]], image: torch.Tensor, box: Box, num_classes: int
-) -> torch.Tensor:
-    """Probabilities (K, *box): each member's mean over its TTA passes, averaged over members,
-    on the first member's device (the order of operations of the whole-volume path)."""
+) -> BlockSource:
+    """The ensemble's probabilities over ``box``: members with a pointwise head as blended
+    features (where smaller, :func:`feature_split`), the others as probabilities summed on
+    the first such member's device (the order of operations of the whole-volume path)."""
+    if not members:
+        raise ValueError("block_source needs at least one network")
     total: torch.Tensor | None = None
+    features: list[FeatureMember] = []
     for net, cfg in members:
+        split = feature_split(net, cfg, num_classes, int(image.shape[0]))
+        if split is not None:
+            features.append(member_features(split, image, cfg, box))
+            continue
         probs = member_probabilities(net, image, cfg, box, num_classes)
         total = probs if total is None else total.add_(probs.to(total.device))
         del probs
-    if total is None:
-        raise ValueError("block_probabilities needs at least one network")
-    return total.div_(len(members)) if len(members) > 1 else total
+    shape = tuple(hi - lo for lo, hi in box)
+    return BlockSource(shape, num_classes, total, features, len(members))
 
 
-def bytes_per_voxel(members: Sequence[tuple[torch.nn.Module, PipelineConfig]], num_classes: int) -> int:
-    """Peak bytes per network-grid voxel of a block: the accumulated logits, the sum over
-    TTA passes and over members where there is more than one, and the resampling's
-    argmax/second-best maps."""
-    buffers = 1
-    if any(len(flips_for(cfg, cfg.inference.tta)) > 1 for _, cfg in members):
-        buffers += 1
-    if len(members) > 1:
-        buffers += 1
-    return 4 * num_classes * buffers + 16
+def block_probabilities(
+    members: Sequence[tuple[torch.nn.Module, PipelineConfig]], image: torch.Tensor, box: Box, num_classes: int
+) -> torch.Tensor:
+    """Probabilities (K, *box): each member's mean over its TTA passes, averaged over members
+    (materialised: ``classes x box`` floats; prediction itself goes slab by slab)."""
+    return block_source(members, image, box, num_classes).full()
+
+
+def bytes_per_voxel(
+    members: Sequence[tuple[torch.nn.Module, PipelineConfig]], num_classes: int, in_channels: int = 1
+) -> int:
+    """Peak bytes per network-grid voxel of a block: what each member leaves (features of
+    every pass, or probabilities summed in one tensor, plus a pass and a member being added
+    to it), the weight sum of the pass being blended, and the resampling's second-best map."""
+    per = 4 + 4  # the pass's weight sum; the second-best map
+    probability_members = []
+    for net, cfg in members:
+        split = feature_split(net, cfg, num_classes, in_channels)
+        if split is not None:
+            per += 4 * split.head.in_channels * _passes(cfg)
+        else:
+            probability_members.append(cfg)
+    if probability_members:
+        per += 4 * num_classes  # the sum
+        if any(_passes(cfg) > 1 for cfg in probability_members):
+            per += 4 * num_classes  # a pass being blended while the member's sum exists
+        if len(probability_members) > 1:
+            per += 4 * num_classes  # a member being added to the sum
+    return per
 
 
 def plan_for(
     members: Sequence[tuple[torch.nn.Module, PipelineConfig]], shape: Sequence[int], num_classes: int,
-    budget_bytes: int,
+    budget_bytes: int, in_channels: int = 1,
 ) -> BlockPlan:
     """Blocks of a network grid of ``shape`` for these members within ``budget_bytes``.
 
@@ -199,7 +279,7 @@ def plan_for(
     a 2D member, blocks cut only its slice axis (its windows lie in the plane).
     """
     shape = tuple(shape)
-    per_voxel = bytes_per_voxel(members, num_classes)
+    per_voxel = bytes_per_voxel(members, num_classes, in_channels)
     two_d = [cfg for _, cfg in members if cfg.model.spatial_dims == 2]
     if not two_d:
         return plan_blocks(shape, [network_grid(cfg, shape) for _, cfg in members], per_voxel, budget_bytes)
@@ -225,16 +305,19 @@ def grid_labels(
     members: Sequence[tuple[torch.nn.Module, PipelineConfig]], image: torch.Tensor, num_classes: int,
     budget_bytes: int = BLOCK_BYTES,
 ) -> torch.Tensor:
-    """Argmax labels on the network grid (uint8, int16 above 256 classes), block by block.
+    """Argmax labels on the network grid (uint8, int16 above 256 classes), block by block
+    and slab by slab.
 
     What validation needs: no ``classes x volume`` array, and the labels on ``image``'s device
     (in training, the label's), whatever device the networks run on.
     """
     shape = tuple(image.shape[1:])
-    plan = plan_for(members, shape, num_classes, budget_bytes)
+    plan = plan_for(members, shape, num_classes, budget_bytes, int(image.shape[0]))
     out = torch.empty(shape, dtype=torch.uint8 if num_classes <= 256 else torch.int16, device=image.device)
     for box in plan.blocks:
-        probs = block_probabilities(members, image, box, num_classes)
-        out[tuple(slice(lo, hi) for lo, hi in box)] = running_argmax(probs[None])[0].to(image.device)
-        del probs
+        source = block_source(members, image, box, num_classes)
+        for lo, hi in source.slabs():
+            labels = running_argmax(source.slab(lo, hi)[None])[0]
+            out[(*(slice(a, b) for a, b in box[:2]), slice(box[2][0] + lo, box[2][0] + hi))] = labels.to(image.device)
+        del source
     return out

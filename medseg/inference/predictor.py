@@ -34,8 +34,9 @@ from medseg.data.grid import canonical_spacing, label_dtype, voxel_spacing
 from medseg.data.inverse import labels_to_input
 from medseg.data.io import Volume
 from medseg.data.preprocess import PreparedCase, PreprocessingPlan, prepare_case
+from medseg.inference.block_source import BlockSource
 from medseg.inference.blocks import BlockPlan, Box, evaluated
-from medseg.inference.blockwise import BLOCK_BYTES, block_probabilities, plan_for
+from medseg.inference.blockwise import BLOCK_BYTES, block_source, plan_for
 from medseg.inference.crf import crf_settings, refine_probabilities
 from medseg.inference.postprocess import PostprocessSpec, postprocess, resolve_spec
 from medseg.inference.resample import block_labels, grid_taps
@@ -227,23 +228,28 @@ class Predictor:
     def members(self) -> list[tuple[torch.nn.Module, PipelineConfig]]:
         return [(m.net, m.cfg) for m in self.models]
 
-    def probabilities(self, prepared: PreparedCase, box: Box | None = None) -> torch.Tensor:
-        """Mean class probabilities (K, *box) of the ensemble on the network grid (CPU).
-
-        ``box``: a block of the network grid (``(lo, hi)`` per axis); None: the whole grid,
-        whose memory is ``classes x grid voxels x 4`` bytes (:meth:`predict_array` never
-        holds that at once).
-        """
+    def source(self, prepared: PreparedCase, box: Box | None = None) -> BlockSource:
+        """The ensemble's probabilities over a block of the network grid (``(lo, hi)`` per
+        axis; None: the whole grid), produced slab by slab
+        (:class:`medseg.inference.block_source.BlockSource`)."""
         image = torch.from_numpy(prepared.image)
         shape = tuple(image.shape[1:])
         box = tuple((0, n) for n in shape) if box is None else box
-        return block_probabilities(self.members, image, box, self.num_classes).cpu()
+        return block_source(self.members, image, box, self.num_classes)
+
+    def probabilities(self, prepared: PreparedCase, box: Box | None = None) -> torch.Tensor:
+        """Mean class probabilities (K, *box) of the ensemble on the network grid (CPU).
+
+        ``box``: as :meth:`source`. This materialises ``classes x box voxels x 4`` bytes,
+        which :meth:`predict_array` never does (except with a CRF, which refines them).
+        """
+        return self.source(prepared, box).full().cpu()
 
     def plan_blocks(self, grid_shape: tuple[int, ...]) -> BlockPlan:
         """How :meth:`predict_array` cuts a network grid of ``grid_shape`` (one block with a CRF,
         which refines whole-grid probabilities)."""
         budget = (2**62) if self.crf.enabled else self.block_bytes
-        return plan_for(self.members, grid_shape, self.num_classes, budget)
+        return plan_for(self.members, grid_shape, self.num_classes, budget, len(self.plan.channel_names))
 
     def predict_array(self, image: np.ndarray, affine: np.ndarray) -> np.ndarray:
         """Label map (X, Y, Z) for a (C, X, Y, Z) or (X, Y, Z) image with its 4x4 RAS affine.
@@ -259,11 +265,13 @@ class Predictor:
         taps = grid_taps(grid_shape, crop_shape)
         labels = np.empty(crop_shape, dtype=label_dtype(self.num_classes - 1), order="F")  # NIfTI's on-disk order
         for box in plan.blocks:
-            probs = self.probabilities(prepared, evaluated(box, grid_shape))
+            source = self.source(prepared, evaluated(box, grid_shape))
             if self.crf.enabled:  # one block: the whole grid
+                probs = source.full().cpu()
                 refine_probabilities(probs, prepared.image, voxel_spacing(prepared.affine), self.crf, self.plan.labels)
-            block_labels(probs, box, taps, labels)
-            del probs
+                source = BlockSource.of(probs)
+            block_labels(source, box, taps, labels)
+            del source
         prepared.image = np.empty(0, dtype=np.float32)  # free the network-grid image early
         if not self.post.empty:
             postprocess(labels, tuple(canonical_spacing(affine)), self.post)

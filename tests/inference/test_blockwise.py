@@ -9,7 +9,13 @@ import torch
 
 from medseg.config import PipelineConfig
 from medseg.inference.blocks import evaluated
-from medseg.inference.blockwise import block_probabilities, bytes_per_voxel, flips_for, plan_for
+from medseg.inference.blockwise import (
+    block_probabilities,
+    bytes_per_voxel,
+    feature_split,
+    flips_for,
+    plan_for,
+)
 from medseg.inference.window import predict_probabilities
 from tests.inference.inference_helpers import tiny_config
 
@@ -27,6 +33,23 @@ class ConvNet(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x) * 4.0
+
+
+class HeadNet(torch.nn.Module):
+    """Two 3x3x3 convolutions to F = 3 features, then a pointwise head to the classes (as
+    DynUNet): blended as features where that is smaller than the probabilities."""
+
+    def __init__(self, classes: int, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = torch.nn.Sequential(torch.nn.Conv3d(1, 6, 3, padding=1), torch.nn.Tanh(),
+                                        torch.nn.Conv3d(6, 3, 3, padding=1), torch.nn.Tanh())
+        self.head = torch.nn.Conv3d(3, classes, 1)
+        with torch.no_grad():
+            self.head.weight.mul_(6.0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
 
 
 def _cfg(roi: list[int], tta: bool, overlap: float = 0.5, mirror: list[int] | None = None) -> PipelineConfig:
@@ -49,17 +72,24 @@ def _whole(members: list[tuple[torch.nn.Module, PipelineConfig]], image: torch.T
 @pytest.mark.parametrize(
     ("shape", "members_spec"),
     [
-        ((30, 24, 20), [([16, 16, 16], False, None)]),
-        ((30, 11, 22), [([16, 16, 16], True, [0, 1])]),  # axis 1 smaller than the window: padded, mirrored
-        ((25, 22, 17), [([16, 16, 16], True, [2]), ([12, 20, 12], False, None)]),  # ensemble, TTA on one member
+        ((30, 24, 20), [([16, 16, 16], False, None, "conv")]),
+        ((30, 11, 22), [([16, 16, 16], True, [0, 1], "conv")]),  # axis 1 smaller than the window: padded, mirrored
+        ((25, 22, 17), [([16, 16, 16], True, [2], "conv"), ([12, 20, 12], False, None, "conv")]),  # TTA on one member
+        ((30, 24, 20), [([16, 16, 16], False, None, "head")]),  # blended as features
+        ((30, 11, 22), [([16, 16, 16], True, [0, 1], "head")]),  # features of 4 mirrored passes
+        ((25, 22, 17), [([16, 16, 16], True, [2], "head"), ([12, 20, 12], False, None, "conv")]),  # mixed
     ],
 )
 def test_blocks_reassemble_the_whole_volume_probabilities(
-    shape: tuple[int, int, int], members_spec: list[tuple[list[int], bool, list[int] | None]]
+    shape: tuple[int, int, int], members_spec: list[tuple[list[int], bool, list[int] | None, str]]
 ) -> None:
     classes = 12
-    members = [(ConvNet(classes, seed=i).eval(), _cfg(roi, tta, mirror=mirror))
-               for i, (roi, tta, mirror) in enumerate(members_spec)]
+    members: list[tuple[torch.nn.Module, PipelineConfig]] = [
+        ((ConvNet(classes, seed=i) if kind == "conv" else HeadNet(classes, seed=i)).eval(), _cfg(roi, tta, mirror=mirror))
+        for i, (roi, tta, mirror, kind) in enumerate(members_spec)
+    ]
+    for net, cfg in members:  # the head nets really go the feature way
+        assert (feature_split(net, cfg, classes, 1) is not None) == isinstance(net, HeadNet)
     image = torch.randn(1, *shape)
     with torch.no_grad():
         whole = _whole(members, image)
@@ -94,19 +124,39 @@ def test_window_batches_shrink_for_many_classes(monkeypatch: pytest.MonkeyPatch)
     import medseg.inference.blockwise as bw
 
     sizes: list[int] = []
-    real = bw._pass_logits
+    real = bw._pass_outputs
 
     def spy(*args: object) -> torch.Tensor:
         sizes.append(int(args[6]))  # type: ignore[call-overload]
         return real(*args)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(bw, "_pass_logits", spy)
+    monkeypatch.setattr(bw, "_pass_outputs", spy)
     monkeypatch.setattr(bw, "WINDOW_BYTES", 16**3 * 4 * 2 * 40)  # room for 40 class-windows
     for classes, expected in ((4, 3), (20, 2), (50, 1)):
         members = [(ConvNet(classes).eval(), _cfg([16, 16, 16], False))]
         with torch.no_grad():
             block_probabilities(members, torch.randn(1, 16, 16, 16), ((0, 16),) * 3, classes)
         assert sizes[-1] == expected
+    # a pointwise head: the windows output its 3 features, whatever the class count
+    members = [(HeadNet(50).eval(), _cfg([16, 16, 16], False))]
+    with torch.no_grad():
+        block_probabilities(members, torch.randn(1, 16, 16, 16), ((0, 16),) * 3, 50)
+    assert sizes[-1] == 3
+
+
+def test_feature_blending_is_chosen_where_it_holds_less() -> None:
+    """F x passes < K (2K with TTA): features; else probabilities. The plan's bytes follow."""
+    plain, tta = _cfg([16, 16, 16], False), _cfg([16, 16, 16], True, mirror=[0, 1, 2])
+    few, many = HeadNet(2).eval(), HeadNet(40).eval()
+    assert feature_split(few, plain, 2, 1) is None  # 3 features > 2 classes
+    assert feature_split(many, plain, 40, 1) is not None
+    assert feature_split(HeadNet(12).eval(), tta, 12, 1) is None  # 3 x 8 passes = 24 = 2 x 12
+    assert feature_split(HeadNet(13).eval(), tta, 13, 1) is not None
+    assert feature_split(many.train(), plain, 40, 1) is None  # never split in training mode
+    many.eval()
+    assert bytes_per_voxel([(many, plain)], 40) == 4 * 3 + 8
+    assert bytes_per_voxel([(ConvNet(40).eval(), plain)], 40) == 4 * 40 + 8
+    assert bytes_per_voxel([(ConvNet(40).eval(), tta), (many, tta)], 40) == 4 * 40 * 2 + 4 * 3 * 8 + 8
 
 
 def test_flips_follow_the_mirror_axes() -> None:
@@ -114,9 +164,11 @@ def test_flips_follow_the_mirror_axes() -> None:
     assert flips_for(_cfg([16, 16, 16], True), False) == [()]
 
 
-def test_block_probabilities_sum_to_one() -> None:
-    members = [(ConvNet(3).eval(), _cfg([16, 16, 16], True))]
+@pytest.mark.parametrize("net", [ConvNet(3), HeadNet(30)])
+def test_block_probabilities_sum_to_one(net: torch.nn.Module) -> None:
+    classes = 3 if isinstance(net, ConvNet) else 30
+    members = [(net.eval(), _cfg([16, 16, 16], True))]
     with torch.no_grad():
-        out = block_probabilities(members, torch.randn(1, 16, 16, 16), ((2, 9), (0, 16), (5, 6)), 3)
-    assert out.shape == (3, 7, 16, 1) and not out.requires_grad  # no autograd graph of every window
+        out = block_probabilities(members, torch.randn(1, 16, 16, 16), ((2, 9), (0, 16), (5, 6)), classes)
+    assert out.shape == (classes, 7, 16, 1) and not out.requires_grad  # no autograd graph of every window
     torch.testing.assert_close(out.sum(0), torch.ones(7, 16, 1))

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from medseg.inference import resample
+from medseg.inference import block_source, resample
+from medseg.inference.block_source import BlockSource, FeatureMember
 from medseg.inference.blocks import evaluated, plan_blocks, window_grid
 from medseg.inference.resample import block_labels, grid_taps, resample_argmax, running_argmax, top2
+from medseg.models.head import PointwiseHead
 
 
 def _peaky(classes: int, shape: tuple[int, ...], seed: int, smooth: int = 3) -> torch.Tensor:
@@ -21,15 +25,19 @@ def _peaky(classes: int, shape: tuple[int, ...], seed: int, smooth: int = 3) -> 
 
 
 def _blockwise(probs: torch.Tensor, out_shape: tuple[int, int, int], budget_voxels: int, dtype: type,
-               roi: tuple[int, int, int] = (8, 8, 8)) -> np.ndarray:
+               roi: tuple[int, int, int] = (8, 8, 8), z_only: bool = False) -> np.ndarray:
     shape = tuple(probs.shape[1:])
-    plan = plan_blocks(shape, [window_grid(shape, roi, 0.5)], 1, budget_voxels)
+    if z_only:  # blocks spanning the whole plane: resampled in-plane by F.interpolate
+        cuts = [0, shape[2] // 3, 2 * shape[2] // 3, shape[2]]
+        blocks = [((0, shape[0]), (0, shape[1]), (a, b)) for a, b in itertools.pairwise(cuts)]
+    else:
+        blocks = list(plan_blocks(shape, [window_grid(shape, roi, 0.5)], 1, budget_voxels).blocks)
     taps = grid_taps(shape, out_shape)
     out = np.full(out_shape, 231 if dtype is np.uint8 else 999, dtype=dtype, order="F")  # not a label here: unwritten voxels would show
-    for box in plan.blocks:
+    for box in blocks:
         ev = evaluated(box, shape)
-        block_labels(probs[(slice(None), *(slice(lo, hi) for lo, hi in ev))], box, taps, out)
-    assert len(plan.blocks) > 1
+        block_labels(BlockSource.of(probs[(slice(None), *(slice(lo, hi) for lo, hi in ev))]), box, taps, out)
+    assert len(blocks) > 1
     return out
 
 
@@ -40,6 +48,8 @@ def _near_ties(probs: torch.Tensor, out_shape: tuple[int, int, int]) -> np.ndarr
     return (best2[0] - best2[1] < 1e-5).numpy()
 
 
+@pytest.mark.parametrize("z_only", [False, True])
+@pytest.mark.parametrize("unsettled", ["gather", "dense", "every class"])
 @pytest.mark.parametrize(
     ("classes", "shape", "out_shape"),
     [(40, (21, 17, 13), (42, 34, 13)),   # in-plane upsampling by 2 (a CT at half resolution)
@@ -48,16 +58,57 @@ def _near_ties(probs: torch.Tensor, out_shape: tuple[int, int, int]) -> np.ndarr
      (5, (16, 12, 10), (16, 12, 10))],   # the same grid: no resampling
 )
 def test_block_labels_equal_whole_volume_resampling(
-    classes: int, shape: tuple[int, int, int], out_shape: tuple[int, int, int]
+    classes: int, shape: tuple[int, int, int], out_shape: tuple[int, int, int], unsettled: str, z_only: bool,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    # the present classes and the second-best bound, whose open voxels get every class at
+    # their neighbours ("gather") or the slab's classes resampled in chunks ("dense"); or
+    # every class resampled from the start; small slabs: the candidates roll along Z
+    monkeypatch.setattr(resample, "GATHER_FRACTION", 1.0 if unsettled == "gather" else 0.0)
+    monkeypatch.setattr(resample, "DENSE_FRACTION", 0.0 if unsettled == "every class" else 1.01)
+    planes: list[tuple[int, ...]] = []
+    interpolate = F.interpolate
+
+    def spy(x: torch.Tensor, *args: object, **kwargs: object) -> torch.Tensor:
+        planes.append(tuple(x.shape[2:]))
+        return interpolate(x, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(resample.F, "interpolate", spy)
+    monkeypatch.setattr(resample, "SLAB_BYTES", 4 * 2**10)
+    monkeypatch.setattr(block_source, "SLAB_BYTES", 16 * 2**10)
     probs = _peaky(classes, shape, seed=classes)
     dtype = np.uint8 if classes <= 256 else np.uint16
     expected = resample_argmax(probs, out_shape, dtype)
-    got = _blockwise(probs, out_shape, 600 if classes < 256 else 150, dtype, (8, 8, 8) if classes < 256 else (4, 4, 4))
+    planes.clear()  # (the reference resampling uses it too)
+    got = _blockwise(probs, out_shape, 600 if classes < 256 else 150, dtype, (8, 8, 8) if classes < 256 else (4, 4, 4),
+                     z_only)
+    if z_only and shape[:2] != out_shape[:2]:
+        assert set(planes) == {shape[:2]}  # the whole-plane path ran
     differ = got != expected
     ties = _near_ties(probs, out_shape)
     assert not (differ & ~ties).any(), f"{int((differ & ~ties).sum())} voxels differ away from a tie"
     assert differ.sum() <= max(2, 0.001 * differ.size)
+
+
+def test_labels_from_features_equal_resampling_their_probabilities(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A source holding blended features (two mirrored passes, a pointwise head) gives the
+    labels of resampling the probabilities it stands for."""
+    monkeypatch.setattr(block_source, "SLAB_BYTES", 32 * 2**10)
+    g = torch.Generator().manual_seed(3)
+    shape, out_shape, classes = (14, 12, 9), (28, 24, 9), 30
+    head = torch.nn.Conv3d(4, classes, 1)
+    with torch.no_grad():
+        head.weight.mul_(8.0)
+    passes = [F.avg_pool3d(torch.randn((1, 4, *shape), generator=g), 3, 1, 1)[0] for _ in range(2)]
+    source = BlockSource(shape, classes, None, [FeatureMember(PointwiseHead(head), passes)], 1)
+    probs = source.full()
+    want = sum(torch.softmax(head(p[None])[0], 0) for p in passes) / 2
+    torch.testing.assert_close(probs, want, rtol=0, atol=1e-6)
+    out = np.full(out_shape, 231, np.uint8, order="F")
+    block_labels(source, tuple((0, n) for n in shape), grid_taps(shape, out_shape), out)
+    expected = resample_argmax(probs, out_shape)
+    differ = out != expected
+    assert not (differ & ~_near_ties(probs, out_shape)).any()
 
 
 def test_a_class_that_is_no_neighbours_argmax_can_win() -> None:
@@ -68,7 +119,7 @@ def test_a_class_that_is_no_neighbours_argmax_can_win() -> None:
     probs[:, 0, 0, 0] = torch.tensor([0.5, 0.4, 0.1])
     probs[:, 1, 0, 0] = torch.tensor([0.1, 0.4, 0.5])
     out = np.full((4, 1, 1), 9, dtype=np.uint8)
-    block_labels(probs, ((0, 2), (0, 1), (0, 1)), grid_taps((2, 1, 1), (4, 1, 1)), out)
+    block_labels(BlockSource.of(probs), ((0, 2), (0, 1), (0, 1)), grid_taps((2, 1, 1), (4, 1, 1)), out)
     # output voxel 1 (source 0.25) -> A .4 B .4 C .2: tie, first class; voxel 2 (0.75) -> C .4 B .4: B first
     np.testing.assert_array_equal(out[:, 0, 0], [0, 0, 1, 2])
 

@@ -1,0 +1,117 @@
+"""Class probabilities of one block, produced slab by slab from what the windows left behind.
+
+A block's ensemble members contribute in one of two forms
+(:func:`medseg.inference.blockwise.block_source` chooses):
+
+- *probabilities*: a member blended as logits (MONAI's way) is already reduced to its
+  softmax probabilities ``(K, *block)``, averaged over its mirrored passes; all such
+  members are summed into one tensor;
+- *features*: a member with a pointwise head (:mod:`medseg.models.head`) keeps the blended
+  ``F``-channel features of each mirrored pass, ``(F, *block)`` each; its probabilities
+  are ``mean_p softmax(W f_p + b)``, computed for a slab of the block when asked.
+
+:meth:`BlockSource.slab` gives the ensemble's mean probabilities over Z slices
+``[lo, hi)`` of the block, :meth:`BlockSource.at` at single voxels, and
+:meth:`BlockSource.full` the whole block (what a CRF refines). The order of operations is
+the whole-volume path's (softmax per pass, mean over passes, mean over members), so
+results agree with it up to float rounding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from medseg.models.head import PointwiseHead
+
+SLAB_BYTES = 64 * 2**20
+"""Budget (bytes) of the class probabilities of one slab (:meth:`BlockSource.slabs`)."""
+
+
+def softmax_(logits: torch.Tensor) -> torch.Tensor:
+    """Softmax over dim 0, in place (no second ``classes x block`` buffer)."""
+    logits.sub_(logits.max(dim=0, keepdim=True).values).exp_()
+    return logits.div_(logits.sum(dim=0, keepdim=True))
+
+
+@dataclass
+class FeatureMember:
+    """One member's blended features of each mirrored pass (unmirrored, divided by the
+    sum of the window weights) and its head."""
+
+    head: PointwiseHead
+    passes: list[torch.Tensor]
+
+    def probabilities(self, select: Sequence[slice | torch.Tensor]) -> torch.Tensor:
+        """``mean_p softmax(head(f_p[:, *select]))``: (K, ...)."""
+        total: torch.Tensor | None = None
+        for f in self.passes:
+            probs = softmax_(self.head.apply(f[(slice(None), *select)]))
+            total = probs if total is None else total.add_(probs)
+        if total is None:  # pragma: no cover - a member always has a pass
+            raise RuntimeError("a feature member without passes")
+        return total.div_(len(self.passes)) if len(self.passes) > 1 else total
+
+
+@dataclass
+class BlockSource:
+    """The mean class probabilities of an ensemble over one block (see the module doc).
+
+    ``probabilities``: the sum of the members given as probabilities (None: none);
+    ``features``: the members given as features; ``members``: how many there are in all.
+    """
+
+    shape: tuple[int, ...]
+    num_classes: int
+    probabilities: torch.Tensor | None = None
+    features: list[FeatureMember] = field(default_factory=list)
+    members: int = 1
+
+    @classmethod
+    def of(cls, probabilities: torch.Tensor) -> BlockSource:
+        """A source over a block's materialised probabilities (K, *block)."""
+        return cls(tuple(probabilities.shape[1:]), int(probabilities.shape[0]), probabilities)
+
+    @property
+    def device(self) -> torch.device:
+        if self.probabilities is not None:
+            return self.probabilities.device
+        return self.features[0].passes[0].device
+
+    def _mean(self, select: Sequence[slice | torch.Tensor]) -> torch.Tensor:
+        index = (slice(None), *select)
+        total: torch.Tensor | None = None
+        if self.probabilities is not None:
+            part = self.probabilities[index]
+            # a view into the stored probabilities must not be modified by what follows
+            total = part.clone() if self.features or self.members > 1 else part
+        for member in self.features:
+            probs = member.probabilities(select)
+            total = probs if total is None else total.add_(probs)
+        if total is None:
+            raise ValueError("a BlockSource without members")
+        return total.div_(self.members) if self.members > 1 else total
+
+    def slab(self, lo: int, hi: int, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean probabilities (K, X, Y, hi - lo) over Z slices [lo, hi) of the block, or only
+        the rows ``classes``; on the source's device. Do not modify the result in place."""
+        out = self._mean((slice(None), slice(None), slice(lo, hi)))
+        return out if classes is None else out.index_select(0, classes.to(out.device))
+
+    def at(self, index: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        """Mean probabilities (K, n) at the n voxels ``index`` (block coordinates)."""
+        return self._mean(tuple(i.to(self.device) for i in index))
+
+    def full(self) -> torch.Tensor:
+        """The whole block's probabilities (K, *shape): ``classes x block`` floats."""
+        return self.slab(0, self.shape[-1])
+
+    def slabs(self, budget_bytes: int | None = None) -> Iterator[tuple[int, int]]:
+        """Z ranges [lo, hi) whose probabilities (and their softmax temporaries) fit the budget
+        (default :data:`SLAB_BYTES`)."""
+        plane = self.num_classes * self.shape[0] * self.shape[1] * 4 * 2
+        step = max(1, (SLAB_BYTES if budget_bytes is None else budget_bytes) // max(1, plane))
+        for lo in range(0, self.shape[-1], step):
+            yield lo, min(self.shape[-1], lo + step)
