@@ -40,13 +40,12 @@ from medseg.inference.resample import running_argmax
 from medseg.inference.window import _logits_only, flips_for, predict_probabilities
 from medseg.models.head import SplitNetwork, split_head
 
-BLOCK_BYTES = 768 * 2**20
-"""Default budget (bytes) of one block's class probabilities and their companions
-(:func:`bytes_per_voxel`). The 256x256x300 network grid of a 512x512x300 CT at 1.6 mm with
-3 classes (550 MB) stays one block, so the common case evaluates every window once; at 118
-classes the grid is cut into blocks (each window overlapping two blocks is evaluated for
-both). Measured at 256 MiB: 3 classes, 3 blocks, 1.44x the windows; 118 classes, 40 blocks,
-4.8x the windows (benchmarks/RESULTS.md, "Many classes")."""
+BLOCK_BYTES = 512 * 2**20
+"""Default budget (bytes) of one block's state (:func:`bytes_per_voxel`). The 256x256x300
+network grid of a 512x512x300 CT at 1.6 mm with 3 classes (20 bytes a voxel: 394 MB) stays
+one block, so the common case evaluates every window once; a DynUNet with 118 classes
+(features: 40 bytes a voxel) gets two whole-plane blocks, 1.22x the windows
+(benchmarks/RESULTS.md, "Many classes")."""
 
 WINDOW_BYTES = 128 * 2**20
 """Budget of one batch of window logits: ``sw_batch_size`` shrinks for many classes."""

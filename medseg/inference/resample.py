@@ -117,10 +117,10 @@ def block_labels(source: BlockSource, box: Box, taps: Sequence[Taps], out: np.nd
         r0, r1 = int(local[2][0][z0]), int(local[2][1][z1 - 1]) + 1  # network Z slices it reads
         zt = (local[2][0][z0:z1] - r0, local[2][1][z0:z1] - r0, local[2][2][z0:z1])
         axis_taps = [local[0], local[1], zt]
-        values = _interpolate(candidates.get(r0, r1), axis_taps, plane)  # (dz, n, ox, oy)
-        if dense:
-            chunk = running_argmax(values)
+        if dense:  # classes in chunks: never every class interpolated at full resolution
+            chunk = _chunked_argmax(candidates.get(r0, r1), axis_taps, plane)
         else:
+            values = _interpolate(candidates.get(r0, r1), axis_taps, plane)  # (dz, n, ox, oy)
             chunk = _settle(values, present, source, axis_taps, r0, plane)
         out[x0:x1, y0:y1, z_first + z0 : z_first + z1] = chunk.permute(1, 2, 0).numpy()
 
@@ -211,13 +211,21 @@ def _dense_labels(source: BlockSource, axis_taps: Sequence[LocalTaps], r0: int, 
     of about :data:`SLAB_BYTES` (first class wins ties, as :func:`running_argmax`)."""
     r1 = r0 + int(axis_taps[2][1].max()) + 1
     probs = source.slab(r0, r1).float().cpu().permute(3, 0, 1, 2).contiguous()  # (Z', K, X', Y')
+    return _chunked_argmax(probs, axis_taps, plane)
+
+
+def _chunked_argmax(probs: torch.Tensor, axis_taps: Sequence[LocalTaps], plane: tuple[int, int] | None
+                    ) -> torch.Tensor:
+    """Argmax (dz, X, Y) over the classes of Z-major ``probs`` (Z', K, X', Y') interpolated,
+    classes in chunks of about :data:`SLAB_BYTES` (first class wins ties)."""
     out_voxels = len(axis_taps[0][0]) * len(axis_taps[1][0]) * len(axis_taps[2][0])
     step = max(1, SLAB_BYTES // max(1, out_voxels * 4 * 3))
     best: torch.Tensor | None = None
     labels: torch.Tensor | None = None
-    for c0 in range(0, source.num_classes, step):
+    for c0 in range(0, probs.shape[1], step):
         values = _interpolate(probs[:, c0 : c0 + step], axis_taps, plane)
-        chunk_best, chunk_index = values.max(dim=1)  # first maximum within the chunk
+        chunk_index = running_argmax(values).long()  # first maximum within the chunk
+        chunk_best = values.gather(1, chunk_index[:, None])[:, 0]
         if best is None or labels is None:
             best, labels = chunk_best, chunk_index
         else:
