@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import TypeGuard
 
 import torch
 import torch.nn as nn
@@ -67,7 +68,7 @@ def _last_leaf(net: nn.Module) -> tuple[str, nn.Module] | None:
     return leaves[-1] if leaves else None
 
 
-def _is_pointwise(m: nn.Module, out_channels: int) -> bool:
+def _is_pointwise(m: nn.Module, out_channels: int) -> TypeGuard[nn.Conv1d | nn.Conv2d | nn.Conv3d]:
     """A 1x1(x1) convolution to ``out_channels`` with no stride, dilation, groups or padding."""
     if not isinstance(m, nn.Conv1d | nn.Conv2d | nn.Conv3d) or isinstance(m.padding, str):
         return False
@@ -100,11 +101,11 @@ def split_head(net: nn.Module, out_channels: int, spatial_size: tuple[int, ...],
     if net.training:  # training mode may stack deep-supervision heads: prediction runs eval
         return None
     leaf = _last_leaf(net)
-    if leaf is None or not _is_pointwise(leaf[1], out_channels):
+    if leaf is None:
         return None
-    path = leaf[0]
-    conv = leaf[1]
-    assert isinstance(conv, nn.Conv1d | nn.Conv2d | nn.Conv3d)  # _is_pointwise checked it
+    path, conv = leaf
+    if not _is_pointwise(conv, out_channels):
+        return None
     trunk = _replaced(net, path, nn.Identity())
     head = PointwiseHead(conv)
     try:
