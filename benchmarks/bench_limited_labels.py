@@ -83,7 +83,10 @@ def arm(name: str, labels: str, data: Path, out: Path, steps: int, pre_run: str 
     if labels != "all":
         overrides.append(f"data.labelled_cases={labels}")
     if name in ("semi", "both"):
-        overrides.append("semi_supervised.method=mean_teacher")
+        # The consistency weight ramps up over the first third of the budget (the default 20
+        # epochs would still be ramping at the end of a short fixed-step run).
+        overrides += ["semi_supervised.method=mean_teacher",
+                      f"semi_supervised.rampup_epochs={max(1, steps // 50 // 3)}"]
     if name in ("pre", "both"):
         overrides.append(f"init_from={pre_run}")
     run = out / f"{name}-{labels}"
