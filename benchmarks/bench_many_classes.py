@@ -8,8 +8,10 @@ overlap 0.5, Gaussian blending) built with 3, 20 or 118 output classes (118:
 TotalSegmentator's label set, background included). MONAI's UNet is not used here: its top
 up-sampling layer is a 3x3x3 transposed convolution straight into the classes, so its own
 cost grows ~20x from 3 to 118 classes whatever the inference does. Each run is its own
-subprocess; time = read -> mask written (imports and model loading excluded, after one
-untimed warm-up on a corner of the image); peak memory = the subprocess's VmHWM.
+subprocess; time = read -> mask written and verified, through the batch's own per-case function
+(``medseg.inference.batch.predict_case``: the input read in its stored int16, freed before the
+network runs), imports and model loading excluded, after one untimed warm-up on a corner of the
+image; peak memory = the subprocess's VmHWM.
 
 ``--code DIR`` runs the children with another checkout of medseg first on the path (e.g. a
 worktree of the commit before block-wise prediction) for a before/after comparison.
@@ -166,7 +168,8 @@ def _peak_rss_mb() -> float:
 def child(args: argparse.Namespace) -> None:
     import torch
 
-    from medseg.data.io import read_volume, write_label
+    from medseg.inference.batch import predict_case
+    from medseg.inference.inputs import InputCase
     from medseg.inference.predictor import Predictor
 
     torch.set_num_threads(args.threads)
@@ -174,9 +177,12 @@ def child(args: argparse.Namespace) -> None:
     predictor = Predictor.from_checkpoints([args.ckpt], device="cpu", **kwargs)
 
     def one(path: str, target: str) -> None:
-        volume = read_volume(path)
-        labels = predictor.predict_volume(volume)
-        write_label(target, labels, volume)
+        """What ``medseg predict`` does for a case: read (stored integers kept), predict, write, verify."""
+        out = Path(target)
+        name = out.name.removesuffix(".nii.gz")
+        result = predict_case(predictor, InputCase(name, [Path(path)]), out.parent, resume=False)
+        if result.status != "ok":
+            raise RuntimeError(f"{path}: {result.error}")
 
     one(args.warmup, args.out + ".warmup.nii.gz")
     start = time.perf_counter()

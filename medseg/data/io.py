@@ -87,12 +87,39 @@ def _check_array(arr: np.ndarray, path: Path) -> None:
         raise ImageReadError(f"{path}: image is empty (shape {arr.shape})")
 
 
+COMPACT = "compact"
+"""``read_volume(path, dtype=COMPACT)``: an image whose stored values are integers of up to 16
+bits (CT in HU, most MRI) is kept in its stored type, every value of which float32 holds
+exactly: half (int16) or a quarter (uint8) of the float32 memory, the same numbers. Anything
+else (scaled, 32/64-bit, float64 data) is read as float32."""
+_COMPACT_TYPES = frozenset(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.float32))
+
+
+def compact_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` if it is a :data:`COMPACT` type (float32 holds its values exactly), else float32."""
+    dt = np.dtype(dtype)
+    return dt if dt in _COMPACT_TYPES else np.dtype(np.float32)
+
+
+def _nifti_array(img: Any, dtype: Any) -> np.ndarray:
+    proxy = img.dataobj
+    if dtype is None:
+        return np.asanyarray(proxy)
+    if isinstance(dtype, str) and dtype == COMPACT:
+        unscaled = float(getattr(proxy, "slope", 1.0)) == 1.0 and float(getattr(proxy, "inter", 0.0)) == 0.0
+        stored = np.dtype(img.get_data_dtype())
+        if unscaled and compact_dtype(stored) == stored:
+            return np.asanyarray(proxy)  # the stored values, no float copy
+        dtype = np.float32
+    return np.asarray(proxy, dtype=dtype)
+
+
 def _read_nifti(path: Path, dtype: Any) -> Volume:
     try:
         img = nib.load(str(path))
         if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
             raise ImageReadError(f"{path}: not a NIfTI image ({type(img).__name__})")
-        arr = np.asarray(img.dataobj, dtype=dtype) if dtype is not None else np.asanyarray(img.dataobj)
+        arr = _nifti_array(img, dtype)
     except ImageReadError:
         raise
     except Exception as err:  # nibabel raises many types for corrupt/truncated files
@@ -130,14 +157,15 @@ def affine_to_sitk(affine: np.ndarray) -> tuple[tuple[float, ...], tuple[float, 
 def _from_sitk(image: Any, path: Path, dtype: Any) -> Volume:
     import SimpleITK as sitk
 
-    arr = sitk.GetArrayFromImage(image)  # (Z, Y, X[, C])
+    arr = sitk.GetArrayViewFromImage(image)  # (Z, Y, X[, C]), a view: the copy below is the only one
     ncomp = image.GetNumberOfComponentsPerPixel()
     arr = np.moveaxis(arr, -1, 0) if ncomp > 1 else arr[None]
-    arr = np.ascontiguousarray(np.transpose(arr, (0, 3, 2, 1)))  # (C, X, Y, Z)
+    if isinstance(dtype, str) and dtype == COMPACT:
+        dtype = compact_dtype(arr.dtype)
+    # (C, X, Y, Z), converted in the same copy
+    arr = np.ascontiguousarray(np.transpose(arr, (0, 3, 2, 1)), dtype=dtype if dtype is not None else arr.dtype)
     if arr.shape[0] == 1:
         arr = arr[0]
-    if dtype is not None:
-        arr = arr.astype(dtype, copy=False)
     _check_array(arr, path)
     return Volume(arr, sitk_to_affine(image), None, str(path))
 
@@ -172,7 +200,8 @@ def _read_dicom(folder: Path, dtype: Any) -> Volume:
 def read_volume(path: Path | str, dtype: Any = np.float32) -> Volume:
     """Read a NIfTI/NRRD/MHA file or a DICOM series folder into a :class:`Volume`.
 
-    ``dtype``: the array's dtype (float32 for images); ``None`` keeps the stored dtype.
+    ``dtype``: the array's dtype (float32 for images); ``None`` keeps the stored dtype;
+    :data:`COMPACT` keeps stored integers of up to 16 bits and reads anything else as float32.
     Raises :class:`ImageReadError` with the path and the reason for anything unreadable.
     """
     path = Path(path)

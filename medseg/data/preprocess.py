@@ -172,12 +172,15 @@ def prepare_case(
 ) -> PreparedCase:
     """Reorient to RAS, crop to the non-zero region, resample to the plan's spacing, normalise.
 
-    ``image``: (C, X, Y, Z) or (X, Y, Z); ``label``: (X, Y, Z) integer or None.
+    ``image``: (C, X, Y, Z) or (X, Y, Z) of any real dtype, left unchanged; ``label``:
+    (X, Y, Z) integer or None.
     """
     if image.ndim == 3:
         image = image[None]
     ornt = canonical_transform(affine)
-    img, can_affine = reorient(image.astype(np.float32, copy=False), affine, ornt)
+    # flips and axis swaps as a view of the caller's array, whatever its dtype (int16 CT):
+    # the float32 copy below is the only full-size copy of the input
+    img, can_affine = reorient(image, affine, ornt, contiguous=False)
     lab = reorient(label, affine, ornt)[0] if label is not None else None
     canonical_shape = img.shape[1:]
     bbox = foreground_bbox(img) if plan.crop_foreground else tuple(slice(0, n) for n in canonical_shape)
@@ -188,7 +191,9 @@ def prepare_case(
     offset[:3, 3] = [b.start for b in bbox]
     crop_affine = can_affine @ offset
     new_shape = target_shape(img.shape[1:], voxel_spacing(crop_affine), plan.target_spacing)
-    img_t = resample(img, new_shape, order=1).numpy()
+    # a copy even of a float32 input: normalisation below works in place and must never
+    # change the caller's image
+    img_t = resample(np.array(img, dtype=np.float32, order="C"), new_shape, order=1).numpy()
     out_affine = resampled_affine(crop_affine, img.shape[1:], new_shape)
     if lab is not None:
         lab = resample(lab[None].astype(np.float32), new_shape, order=0)[0].numpy().astype(label_dtype(int(lab.max(initial=0))))

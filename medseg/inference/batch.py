@@ -170,11 +170,14 @@ def predict_case(
                 if fmt == "dicom-seg":
                     raise
                 seg_error = one_line(err)  # --format both: the NIfTI is still written
-        labels = predictor.predict_volume(volume)
+        prepared = predictor.prepare(volume.array, volume.affine)
         reference = Volume(_shape_only(volume.spatial_shape), volume.affine, volume.header, volume.source,
                            volume.dicom_files)
-        image = volume.array[0] if extras else None  # first channel, input units, for extras
-        del volume  # the image is no longer needed while writing (unless extras are on)
+        # first channel, input units, for extras; otherwise the input is freed before the network runs
+        image = (volume.array[0].copy() if volume.array.shape[0] > 1 else volume.array[0]) if extras else None
+        del volume
+        labels = predictor.predict_prepared(prepared, reference.affine)
+        del prepared
         for path in paths:
             if path.name.endswith(".dcm"):
                 from medseg.inference.dicom_seg import write_dicom_seg

@@ -28,8 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from medseg.data.io import (
+    COMPACT,
     ImageReadError,
     Volume,
+    compact_dtype,
     is_dicom_series_dir,
     is_image_path,
     read_volume,
@@ -165,14 +167,16 @@ def _find_cases(path: Path, channel_names: list[str], split: str) -> list[InputC
 
 
 def read_case(case: InputCase, num_channels: int) -> Volume:
-    """Read a case as a float32 :class:`Volume` with a (C, X, Y, Z) array, checked for use.
+    """Read a case as a :class:`Volume` with a (C, X, Y, Z) array, checked for use.
 
+    The array keeps stored integers of up to 16 bits (``medseg.data.io.COMPACT``: CT in HU
+    as int16, half the memory of float32, the same values); anything else is float32.
     Raises :class:`ImageReadError` for a missing channel, a channel-count or geometry
     mismatch, or non-finite values, with a one-line reason.
     """
     if case.error:
         raise ImageReadError(f"{case.name}: {case.error}")
-    vols = [read_volume(src) for src in case.sources]
+    vols = [read_volume(src, dtype=COMPACT) for src in case.sources]
     first = vols[0]
     arrays = []
     for src, vol in zip(case.sources, vols, strict=True):
@@ -182,16 +186,18 @@ def read_case(case: InputCase, num_channels: int) -> Volume:
                 f"(shape {first.spatial_shape}); all channels of a case must share one grid"
             )
         arrays.append(vol.array if vol.array.ndim == 4 else vol.array[None])
-    image = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+    dtype = compact_dtype(np.result_type(*arrays))  # int16 with uint16 channels: float32
+    image = arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0, dtype=dtype)
     if image.shape[0] != num_channels:
         raise ImageReadError(
             f"{case.sources[0]}: image has {image.shape[0]} channel(s) but the model takes {num_channels}; "
             "give one file per channel (<case>_0000, _0001…) or a 4D NIfTI"
         )
-    bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
-    if bad:
-        raise ImageReadError(
-            f"{case.sources[0]}: {bad} of {image.size} voxels are NaN or infinite; fix or re-export the image"
-        )
-    first.array = np.ascontiguousarray(image, dtype=np.float32)
+    if np.issubdtype(image.dtype, np.floating):
+        bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+        if bad:
+            raise ImageReadError(
+                f"{case.sources[0]}: {bad} of {image.size} voxels are NaN or infinite; fix or re-export the image"
+            )
+    first.array = np.ascontiguousarray(image, dtype=dtype)
     return first

@@ -257,7 +257,13 @@ class Predictor:
         The result has the image's spatial shape and voxel order, so it is written with
         the image's own header/affine.
         """
-        prepared = self.prepare(image, affine)
+        return self.predict_prepared(self.prepare(image, affine), affine)
+
+    def predict_prepared(self, prepared: PreparedCase, affine: np.ndarray) -> np.ndarray:
+        """Label map in the input's geometry for a case that :meth:`prepare` made from an
+        image with this ``affine``. The input image is not needed any more: a batch frees it
+        before the network runs (``medseg.inference.batch.predict_case``). ``prepared``'s
+        network-grid image is released on the way."""
         crop_shape = tuple(s.stop - s.start for s in prepared.bbox)
         grid_shape = tuple(prepared.image.shape[1:])
         plan = self.plan_blocks(grid_shape)
@@ -278,7 +284,7 @@ class Predictor:
         return labels_to_input(labels, prepared, affine)
 
     def predict_volume(self, volume: Volume) -> np.ndarray:
-        """Label map for a :class:`Volume` (float image, (C, X, Y, Z) or (X, Y, Z))."""
+        """Label map for a :class:`Volume` (image (C, X, Y, Z) or (X, Y, Z) of any real dtype)."""
         return self.predict_array(volume.array, volume.affine)
 
     def describe(self) -> dict[str, object]:

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from medseg.data.io import (
+    COMPACT,
     ImageReadError,
+    compact_dtype,
     read_label,
     read_volume,
     same_geometry,
@@ -121,3 +123,41 @@ def test_dicom_series_folder_geometry(tmp_path: Path):
     np.testing.assert_allclose(vol.spacing, (0.8, 0.7, 2.5), atol=1e-4)
     np.testing.assert_allclose(vol.affine[:3, 3], (10.0, -20.0, 30.0), atol=1e-4)  # LPS -> RAS
     assert len(vol.dicom_files) == 4
+
+
+def _nifti(path: Path, arr: np.ndarray, slope: float = 1.0, inter: float = 0.0) -> Path:
+    img = nib.Nifti1Image(arr, np.diag([0.8, 0.8, 2.5, 1.0]))
+    img.header.set_slope_inter(slope, inter)
+    nib.save(img, str(path))
+    return path
+
+
+@pytest.mark.parametrize("stored", [np.int16, np.uint8, np.uint16, np.int8])
+def test_compact_read_keeps_small_stored_integers(tmp_path: Path, stored):
+    arr = np.arange(60, dtype=np.int64).reshape(3, 4, 5).astype(stored)
+    vol = read_volume(_nifti(tmp_path / "ct.nii.gz", arr), dtype=COMPACT)
+    assert vol.array.dtype == np.dtype(stored)  # no float32 copy of an integer CT
+    np.testing.assert_array_equal(vol.array, arr)
+    np.testing.assert_array_equal(vol.array.astype(np.float32), read_volume(tmp_path / "ct.nii.gz").array)
+
+
+def test_compact_read_applies_scaling_and_widens_other_types(tmp_path: Path):
+    arr = (np.arange(60, dtype=np.int16) - 30).reshape(3, 4, 5)
+    scaled = read_volume(_nifti(tmp_path / "scaled.nii.gz", arr, slope=2.0, inter=-1024.0), dtype=COMPACT)
+    assert scaled.array.dtype == np.float32  # stored integers are not the values: scaled, as float32
+    np.testing.assert_array_equal(scaled.array, arr.astype(np.float32) * 2.0 - 1024.0)
+    for stored in (np.int32, np.float64):
+        vol = read_volume(_nifti(tmp_path / f"{np.dtype(stored).name}.nii.gz", arr.astype(stored)), dtype=COMPACT)
+        assert vol.array.dtype == np.float32
+        np.testing.assert_array_equal(vol.array, arr.astype(np.float32))
+    assert compact_dtype(np.int16) == np.int16 and compact_dtype(np.int32) == np.float32
+
+
+@pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
+def test_compact_read_through_simpleitk_keeps_int16(tmp_path: Path, suffix: str):
+    arr = (np.arange(60, dtype=np.int16) * 37 - 1000).reshape(3, 4, 5)
+    write_volume(tmp_path / f"ct{suffix}", arr, oblique_affine())
+    vol = read_volume(tmp_path / f"ct{suffix}", dtype=COMPACT)
+    assert vol.array.dtype == np.int16
+    np.testing.assert_array_equal(vol.array, arr)
+    assert vol.array.flags.c_contiguous

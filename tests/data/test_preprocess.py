@@ -92,3 +92,23 @@ def test_prepare_case_world_position_of_structure(crop):
     c_out = world(prep.affine, np.argwhere(prep.label == 1).mean(0))
     np.testing.assert_allclose(c_in, c_out, atol=1.0)  # within a voxel
     assert prep.image.dtype == np.float32 and prep.image.shape[0] == 1
+
+
+@pytest.mark.parametrize("spacing", [(1.0, 1.0, 1.0), (0.8, 1.0, 2.5)])
+def test_prepare_case_of_int16_equals_float32_and_never_changes_the_input(spacing):
+    """An int16 CT (as batches read it) gives exactly the float32 result; the caller's array
+    is untouched even when nothing moves (RAS, target spacing, no crop), where the in-place
+    normalisation would otherwise write into it."""
+    rng = np.random.default_rng(3)
+    ct = rng.integers(-1000, 1500, size=(2, 20, 16, 12)).astype(np.int16)
+    aff = np.diag([*spacing, 1.0])
+    plan = PreprocessingPlan([1.0, 1.0, 1.0], "ct", labels={"background": 0, "a": 1}, ct_clip=[-200.0, 300.0],
+                             ct_mean=40.0, ct_std=100.0, crop_foreground=False, channel_names=["a", "b"])
+    as_float = ct.astype(np.float32)
+    before = as_float.copy()
+    a = prepare_case(ct, aff, plan)
+    b = prepare_case(as_float, aff, plan)
+    np.testing.assert_array_equal(a.image, b.image)
+    np.testing.assert_array_equal(as_float, before)
+    assert a.image.dtype == np.float32 and not np.shares_memory(b.image, as_float)
+    assert float(a.image.max()) == pytest.approx((300.0 - 40.0) / 100.0)  # normalised, clipped

@@ -237,3 +237,49 @@ def test_worker_devices_round_robin_over_gpus():
     assert [worker_device(i, "cuda", 2) for i in range(4)] == ["cuda:0", "cuda:1", "cuda:0", "cuda:1"]
     assert worker_device(3, "cuda:0", 0) == "cpu"  # no GPU visible: CPU workers
     assert worker_device(1, "cpu", 4) == "cpu"
+
+
+@pytest.mark.parametrize("extras", [False, True])
+def test_input_image_is_freed_before_the_network_runs(tmp_path: Path, checkpoint: Path,
+                                                      monkeypatch: pytest.MonkeyPatch, extras: bool) -> None:
+    """The batch holds the input only until it is prepared (a 512x512x300 CT is 157 MB as
+    int16): while the network runs, no full-size input array is alive, unless statistics or
+    previews asked for its intensities (then its first channel only)."""
+    import gc
+    import inspect
+
+    from medseg.data.io import Volume
+    from medseg.inference.batch_extras import BatchExtras
+    from medseg.inference.inputs import InputCase
+
+    shape = (21, 19, 17)
+    ct = (np.random.default_rng(2).random(shape) * 2000 - 1000).astype(np.int16)
+    src = save_nifti(tmp_path / "ct.nii.gz", ct, np.diag([1.2, 1.2, 1.2, 1.0]))
+    size = ct.size
+    del ct  # only the batch's own copies may be found below
+    predictor = Predictor.from_checkpoints([checkpoint / "checkpoints" / "best.ckpt"], device="cpu")
+    alive: list[list[tuple[int, ...]]] = []
+    original = predictor.predict_prepared
+
+    def big(o: object) -> bool:
+        return isinstance(o, np.ndarray) and o.dtype == np.int16 and o.size >= size
+
+    def spy(prepared, affine):  # type: ignore[no-untyped-def]
+        # arrays are not tracked by gc: look in every caller's locals and in tracked containers
+        gc.collect()
+        held = [v for info in inspect.stack() for v in info.frame.f_locals.values()]
+        for o in gc.get_objects():
+            if isinstance(o, Volume):
+                held.append(o.array)
+            elif isinstance(o, list | tuple):
+                held.extend(o)
+            elif isinstance(o, dict):
+                held.extend(o.values())
+        alive.append(sorted({tuple(o.shape) for o in held if big(o)}))
+        return original(prepared, affine)
+
+    monkeypatch.setattr(predictor, "predict_prepared", spy)
+    parts = BatchExtras(predictor.labels, statistics=True) if extras else None
+    result = batch.predict_case(predictor, InputCase("ct", [src]), tmp_path / "out", resume=False, extras=parts)
+    assert result.status == "ok", result.error
+    assert alive == ([[shape]] if extras else [[]])

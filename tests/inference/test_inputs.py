@@ -91,3 +91,15 @@ def test_nothing_to_predict_is_an_input_error(tmp_path: Path) -> None:
         find_cases(tmp_path / "empty", ["image"])
     with pytest.raises(InputError, match="input not found"):
         find_cases(tmp_path / "missing.nii.gz", ["image"])
+
+
+def test_read_case_keeps_int16_and_widens_mixed_channels(tmp_path: Path) -> None:
+    ct = (np.arange(120, dtype=np.int16) * 25 - 1000).reshape(6, 5, 4)
+    one = save_nifti(tmp_path / "ct.nii.gz", ct, np.eye(4))
+    vol = read_case(InputCase("ct", [one]), 1)
+    assert vol.array.dtype == np.int16 and vol.array.shape == (1, 6, 5, 4)  # half the memory of float32
+    np.testing.assert_array_equal(vol.array[0], ct)
+    other = save_nifti(tmp_path / "mr.nii.gz", (ct + 1000).astype(np.uint16), np.eye(4))
+    both = read_case(InputCase("two", [one, other]), 2)
+    assert both.array.dtype == np.float32  # int16 with uint16: no 16-bit type holds both
+    np.testing.assert_array_equal(both.array[1], (ct + 1000).astype(np.float32))
