@@ -112,3 +112,21 @@ def test_prepare_case_of_int16_equals_float32_and_never_changes_the_input(spacin
     np.testing.assert_array_equal(as_float, before)
     assert a.image.dtype == np.float32 and not np.shares_memory(b.image, as_float)
     assert float(a.image.max()) == pytest.approx((300.0 - 40.0) / 100.0)  # normalised, clipped
+
+
+@pytest.mark.parametrize("new_shape", [(13, 9, 7), (40, 30, 26), (20, 16, 11), (20, 16, 30), (13, 9, 11)])
+def test_resample_image_in_slabs_equals_one_trilinear_pass(monkeypatch, new_shape):
+    """Slabs along Z (int16 input, a flipped view; 2 output slices per slab) give
+    F.interpolate's trilinear result up to float rounding: a wrong tap or a slab edge would
+    be off by whole intensity steps."""
+    import medseg.data.preprocess as pre
+
+    rng = np.random.default_rng(5)
+    ct = rng.integers(-1000, 2000, size=(2, 20, 16, 11)).astype(np.int16)
+    view = ct[:, ::-1, :, ::-1]  # as reorient returns it: negative strides
+    whole = resample(np.ascontiguousarray(view, dtype=np.float32), new_shape).numpy()
+    assert np.array_equal(pre.resample_image(view, new_shape), whole)  # small: the one-pass path
+    monkeypatch.setattr(pre, "SLAB_BYTES", 2 * 20 * 16 * 4 * 2 * 2)  # 2 output slices per slab
+    slabs = pre.resample_image(view, new_shape)
+    assert slabs.dtype == np.float32 and slabs.shape == (2, *new_shape)
+    np.testing.assert_allclose(slabs, whole, rtol=0, atol=2e-3)  # values up to 2000: ~1 ulp
