@@ -8,6 +8,11 @@ this script only pools their ``medseg evaluate`` outputs: for each variant, the
 
     .venv/bin/python benchmarks/bench_crf_brats.py --root /work/bench_out/crf/brats \\
         --folds 0,1 --variants raw,crf,tuned,oof
+
+``--joint RUN MANIFEST CHOICE``: network-grid Dice of every structure of ``MANIFEST``'s cases
+predicted by ``RUN`` without and with the CRF of ``CHOICE`` (a ``postprocessing.json``),
+its structures refined *together*, as ``medseg predict`` applies it (``tune-postprocess``
+scores each structure's CRF with that structure refined alone).
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ import csv
 import math
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's medseg
 
 
 def _read(path: Path) -> list[dict[str, str]]:
@@ -64,12 +71,47 @@ def table(root: Path, folds: list[str], variants: list[str]) -> str:
     return "\n".join(lines)
 
 
+def joint(run: str, manifest: str, choice: str) -> str:
+    """Dice per structure without and with the choice's CRF applied to its structures together."""
+    import json
+
+    from medseg.config import CrfConfig
+    from medseg.inference.crf import refine_probabilities
+    from medseg.inference.tuning import _argmax, _score, validation_cases
+
+    tuned = json.loads(Path(choice).read_text(encoding="utf-8"))
+    crf = tuned["inference"].get("crf")
+    if not crf:
+        return f"{choice}: no CRF chosen"
+    cases, labels = validation_cases(run, manifest, device="cpu")
+    structures = {n: i for n, i in labels.items() if i}
+    cfg = CrfConfig(**crf)
+    base = [_argmax(c.probs.float()) for c in cases]
+    refined = [_argmax(refine_probabilities(c.probs.float(), c.image, c.spacing, cfg, labels)) for c in cases]
+    lines = [f"{run} on {manifest}: CRF on {crf['structures']} together"]
+    before, after = [], []
+    for name, label in structures.items():
+        b, a = _score(base, cases, label), _score(refined, cases, label)
+        before.append(b)
+        after.append(a)
+        reported = tuned["structures"][name]["dice_after"]
+        lines.append(f"  {name}: none {b:.4f}, joint {a:.4f} ({a - b:+.4f}); tune-postprocess reported {reported:.4f}")
+    lines.append(f"  mean: none {_mean(before):.4f}, joint {_mean(after):.4f}; reported {tuned['mean_dice_after']:.4f}")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--root", required=True, type=Path, help="folder holding f<fold>_eval_<variant>/metrics.csv")
+    ap.add_argument("--root", type=Path, help="folder holding f<fold>_eval_<variant>/metrics.csv")
+    ap.add_argument("--joint", nargs=3, metavar=("RUN", "MANIFEST", "CHOICE"), help="re-score a choice (see above)")
     ap.add_argument("--folds", default="0,1")
     ap.add_argument("--variants", default="raw,crf,tuned", help="the first is the baseline of the differences")
     args = ap.parse_args()
+    if args.joint:
+        print(joint(*args.joint))
+        return 0
+    if args.root is None:
+        ap.error("--root is needed (or --joint)")
     print(table(args.root, args.folds.split(","), args.variants.split(",")))
     return 0
 
