@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -35,6 +35,8 @@ from medseg.config import CrfConfig, suggest
 from medseg.inference.permutohedral import Lattice
 
 EPS = 1e-6
+SLAB_VOXELS = 1 << 20
+"""Voxels per slab in the slab-by-slab passes over a box (argmax, pooling, write-back)."""
 
 
 def resolve_structures(cfg: CrfConfig, labels: Mapping[str, int]) -> list[int]:
@@ -80,6 +82,23 @@ def _gaussian_blur(x: torch.Tensor, sigma_vox: Sequence[float]) -> torch.Tensor:
     return out[0]
 
 
+def _pool_factor(shape: Sequence[int], classes: int, max_voxels: int) -> int:
+    """Integer downsampling factor of a grid of ``shape`` refined over ``classes`` classes:
+    at most ``2 max_voxels / classes`` voxels after ceil-mode average pooling."""
+    budget = max(1, max_voxels * 2 // max(2, classes))
+    factor = max(1, math.ceil((math.prod(shape) / budget) ** (1 / 3)))
+    while factor > 1 and math.prod(math.ceil(s / factor) for s in shape) > budget:
+        factor += 1  # ceil_mode pooling of sizes that are not multiples of the factor
+    return factor
+
+
+def _avg_pool(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average pooling of ``x`` (V, X, Y, Z) by ``factor``, the last window of an axis
+    clipped (ceil mode); an axis shorter than ``factor`` becomes one plane, its mean."""
+    kernel = tuple(min(factor, n) for n in x.shape[1:])
+    return F.avg_pool3d(x[None], kernel, kernel, ceil_mode=True)[0]
+
+
 def crf_refine(probs: np.ndarray | torch.Tensor, image: np.ndarray | torch.Tensor, spacing: Sequence[float],
                cfg: CrfConfig) -> torch.Tensor:
     """Refine class probabilities ``probs`` (K, X, Y, Z), summing to one over K, with the
@@ -96,13 +115,10 @@ def crf_refine(probs: np.ndarray | torch.Tensor, image: np.ndarray | torch.Tenso
     if img.ndim == 3:
         img = img[None]
     shape = tuple(p.shape[1:])
-    budget = max(1, cfg.max_voxels * 2 // max(2, p.shape[0]))
-    factor = max(1, math.ceil((math.prod(shape) / budget) ** (1 / 3)))
-    while factor > 1 and math.prod(math.ceil(s / factor) for s in shape) > budget:
-        factor += 1  # ceil_mode pooling of sizes that are not multiples of the factor
+    factor = _pool_factor(shape, p.shape[0], cfg.max_voxels)
     if factor > 1:
-        p = F.avg_pool3d(p[None], factor, ceil_mode=True)[0]
-        img = F.avg_pool3d(img[None], factor, ceil_mode=True)[0]
+        p = _avg_pool(p, factor)
+        img = _avg_pool(img, factor)
     sp = [float(s) * factor for s in spacing]
     q = _mean_field(p, img, sp, cfg)
     if factor > 1:
@@ -156,6 +172,87 @@ def _box(mask: np.ndarray, margin: Sequence[int]) -> tuple[slice, ...] | None:
                  for i, m, s in zip(idx, margin, mask.shape, strict=True))
 
 
+def _slabs(shape: Sequence[int], multiple: int = 1) -> list[slice]:
+    """Slabs along the first of ``shape`` (X, Y, Z) of about ``SLAB_VOXELS`` voxels each,
+    their length a multiple of ``multiple`` (so that pooling windows do not straddle two)."""
+    per_slab = max(1, SLAB_VOXELS // max(1, math.prod(shape[1:])))
+    step = max(multiple, per_slab // multiple * multiple)
+    return [slice(start, min(shape[0], start + step)) for start in range(0, shape[0], step)]
+
+
+def _argmax(probs: torch.Tensor) -> torch.Tensor:
+    """Argmax over the classes of ``probs`` (K, X, Y, Z) as uint8 (int16 beyond 256
+    classes), slab by slab: never the whole grid's int64 argmax (8 bytes a voxel)."""
+    out = torch.empty(probs.shape[1:], dtype=torch.uint8 if probs.shape[0] <= 256 else torch.int16)
+    for s in _slabs(probs.shape[1:]):
+        out[s] = probs[:, s].argmax(0).to(out.dtype)
+    return out
+
+
+def _classes_in(argmax: torch.Tensor, k: int) -> list[int]:
+    """The classes present in ``argmax`` (a box of the argmax map), slab by slab."""
+    seen = torch.zeros(k, dtype=torch.bool)
+    for s in _slabs(argmax.shape):
+        seen |= torch.bincount(argmax[s].reshape(-1).long(), minlength=k)[:k] > 0
+    return [int(c) for c in torch.nonzero(seen).reshape(-1)]
+
+
+def _pooled_box(sub: torch.Tensor, classes: list[int], image: np.ndarray, factor: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The box's probabilities of ``classes`` (class 0, the background, also holds the
+    classes not listed) and its image, average-pooled by ``factor``; built slab by slab, so
+    that the full-resolution copies are one slab at a time."""
+    probs, images = [], []
+    for s in _slabs(sub.shape[1:], factor):
+        part = sub[:, s]
+        local = part[classes]  # a copy (advanced indexing)
+        local[0] += (part.sum(0) - local.sum(0)).clamp_min(0)  # classes not predicted here
+        img = torch.as_tensor(np.ascontiguousarray(image[:, s]), dtype=torch.float32)
+        if factor > 1:
+            local = _avg_pool(local, factor)
+            img = _avg_pool(img, factor)
+        probs.append(local)
+        images.append(img)
+    return torch.cat(probs, 1), torch.cat(images, 1)
+
+
+def _upsampled_rows(q: torch.Tensor, shape: Sequence[int]) -> Callable[[slice], torch.Tensor]:
+    """Trilinear interpolation (``align_corners=False``, as ``F.interpolate``) of ``q``
+    (x, y, z) to ``shape``, one slab of rows along X at a time: bilinear over Y and Z once
+    (x Y Z values), then linear along X per requested slab."""
+    yz = F.interpolate(q[None], size=tuple(shape[1:]), mode="bilinear", align_corners=False)[0]
+    n_in, n_out = q.shape[0], shape[0]
+    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
+    lo = src.floor().long().clamp_max(n_in - 1)
+    hi = (lo + 1).clamp_max(n_in - 1)
+    w = (src - lo).to(torch.float32)
+
+    def rows(s: slice) -> torch.Tensor:
+        ws = w[s][:, None, None]
+        return yz[lo[s]] * (1 - ws) + yz[hi[s]] * ws
+
+    return rows
+
+
+def _refine_box(probs: torch.Tensor, box: tuple[slice, ...], label: int, classes: list[int], image: np.ndarray,
+                spacing: Sequence[float], cfg: CrfConfig) -> None:
+    """Refine ``label`` in ``box`` of ``probs`` (in place) by a mean field over ``classes``."""
+    sub = probs[(slice(None), *box)]
+    shape = tuple(sub.shape[1:])
+    factor = _pool_factor(shape, len(classes), cfg.max_voxels)
+    local, img = _pooled_box(sub, classes, image[(slice(None), *box)], factor)
+    q = _mean_field(local, img, [float(s) * factor for s in spacing], cfg)[classes.index(label)]
+    del local, img
+    rows = _upsampled_rows(q, shape) if factor > 1 else (lambda s: q[s])
+    for s in _slabs(shape):
+        part = sub[:, s]
+        after = rows(s)
+        rest = part.sum(0) - part[label]  # the other classes' total, before
+        tiny = rest <= EPS  # nothing to rescale: the freed mass goes to the background
+        part.mul_(torch.where(tiny, torch.zeros_like(rest), (1 - after) / rest.clamp_min(EPS))[None])
+        part[0] += torch.where(tiny, 1 - after, torch.zeros_like(after))
+        part[label] = after
+
+
 def refine_probabilities(probs: torch.Tensor, image: np.ndarray, spacing: Sequence[float], cfg: CrfConfig,
                          labels: Mapping[str, int]) -> torch.Tensor:
     """Refine the class probabilities ``probs`` (K, X, Y, Z) in place, structure by structure.
@@ -174,25 +271,24 @@ def refine_probabilities(probs: torch.Tensor, image: np.ndarray, spacing: Sequen
     structures of the same intensity (the hippocampus head and body) would count as
     "rest", so the appearance kernel would pull the structure refined first into its
     neighbour (it cost the anterior hippocampus 0.17 Dice on a weak model).
+
+    Memory beyond ``probs`` itself: a uint8 argmax and a mask of the grid, the refined
+    structure's probability on the (downsampled) mean-field grid bilinearly resampled
+    over Y and Z, and slabs of about ``SLAB_VOXELS`` voxels; a box's full-resolution class
+    probabilities are never copied whole (on the 512x512x300 CT this kept the CRF within
+    0.5 GB of prediction without it; benchmarks/RESULTS.md, "CRF").
     """
     ids = resolve_structures(cfg, labels)
     margin = [math.ceil(cfg.margin_mm / s) for s in spacing]
+    k = probs.shape[0]
     for label in ids:
-        if label >= probs.shape[0]:
+        if label >= k:
             continue
-        argmax = probs.argmax(0)
+        argmax = _argmax(probs)
         box = _box((argmax == label).numpy(), margin)
         if box is None:
             continue
-        sub = probs[(slice(None), *box)]
-        classes = sorted({0, label, *(int(c) for c in torch.unique(argmax[box]))})
-        local = sub[classes].clone()
-        local[0] += (sub.sum(0) - local.sum(0)).clamp_min(0)  # classes not predicted here
-        before = sub[label].clone()
-        after = crf_refine(local, image[(slice(None), *box)], spacing, cfg)[classes.index(label)]
-        rest = sub.sum(0) - before  # the other classes' total, before
-        tiny = rest <= EPS  # nothing to rescale: the freed mass goes to the background
-        sub.mul_(torch.where(tiny, torch.zeros_like(rest), (1 - after) / rest.clamp_min(EPS))[None])
-        sub[0] += torch.where(tiny, 1 - after, torch.zeros_like(after))
-        sub[label] = after
+        classes = sorted({0, label, *_classes_in(argmax[box], k)})
+        del argmax
+        _refine_box(probs, box, label, classes, image, spacing, cfg)
     return probs

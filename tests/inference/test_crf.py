@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import ndimage
 
 import medseg.inference.crf as crf_module
@@ -151,13 +152,13 @@ def test_refine_works_per_structure_in_its_box(monkeypatch: pytest.MonkeyPatch) 
     """Two small structures in a large volume: the CRF sees only their boxes plus the margin,
     never the whole volume, and the class probabilities still sum to one."""
     shapes: list[tuple[int, ...]] = []
-    original = crf_module.crf_refine
+    original = crf_module._mean_field
 
-    def recording(prob: torch.Tensor, image: np.ndarray, spacing: Sequence[float], cfg: CrfConfig) -> torch.Tensor:
+    def recording(prob: torch.Tensor, image: torch.Tensor, spacing: Sequence[float], cfg: CrfConfig) -> torch.Tensor:
         shapes.append(tuple(prob.shape))
         return original(prob, image, spacing, cfg)
 
-    monkeypatch.setattr(crf_module, "crf_refine", recording)
+    monkeypatch.setattr(crf_module, "_mean_field", recording)
     shape = (80, 80, 40)
     probs = torch.zeros(3, *shape)
     probs[0] = 1.0
@@ -171,6 +172,74 @@ def test_refine_works_per_structure_in_its_box(monkeypatch: pytest.MonkeyPatch) 
     assert shapes == [(2, 14, 14, 8), (2, 18, 12, 6)]
     assert torch.allclose(probs.sum(0), torch.ones(shape), atol=1e-5)
     assert probs[1, 12, 12, 12] > 0.5 and probs[2, 65, 62, 21] > 0.5
+
+
+def _refine_whole_box(probs: torch.Tensor, image: np.ndarray, spacing: Sequence[float], cfg: CrfConfig,
+                      labels: dict[str, int]) -> torch.Tensor:
+    """The reference: each box's class probabilities copied whole, refined by crf_refine (pooled,
+    mean field, trilinear back), written back whole (what refine_probabilities did before it
+    worked slab by slab)."""
+    margin = [int(np.ceil(cfg.margin_mm / s)) for s in spacing]
+    for label in sorted(i for i in labels.values() if i):
+        argmax = probs.argmax(0)
+        box = crf_module._box((argmax == label).numpy(), margin)
+        if box is None:
+            continue
+        sub = probs[(slice(None), *box)]
+        classes = sorted({0, label, *(int(c) for c in torch.unique(argmax[box]))})
+        local = sub[classes].clone()
+        local[0] += (sub.sum(0) - local.sum(0)).clamp_min(0)
+        before = sub[label].clone()
+        after = crf_module.crf_refine(local, image[(slice(None), *box)], spacing, cfg)[classes.index(label)]
+        rest = sub.sum(0) - before
+        tiny = rest <= 1e-6
+        sub.mul_(torch.where(tiny, torch.zeros_like(rest), (1 - after) / rest.clamp_min(1e-6))[None])
+        sub[0] += torch.where(tiny, 1 - after, torch.zeros_like(after))
+        sub[label] = after
+    return probs
+
+
+@pytest.mark.parametrize("max_voxels", [1_000_000, 2_500])
+def test_slab_by_slab_refinement_equals_whole_box_refinement(monkeypatch: pytest.MonkeyPatch, max_voxels: int) -> None:
+    """Slabs of 4 planes (not a multiple of the pooling factor 3): pooling, interpolation
+    back and write-back slab by slab give the whole-box result (the memory bound must not
+    change the answer), at full resolution and downsampled."""
+    monkeypatch.setattr(crf_module, "SLAB_VOXELS", 4 * 30 * 22)
+    rng = np.random.default_rng(0)
+    shape = (29, 30, 22)
+    logits = torch.from_numpy(ndimage.gaussian_filter(rng.normal(size=(3, *shape)), (0, 2, 2, 2)).astype(np.float32))
+    probs = torch.softmax(6 * logits, 0)
+    image = rng.normal(size=(2, *shape)).astype(np.float32)
+    labels = {"background": 0, "a": 1, "b": 2}
+    cfg = CrfConfig(max_voxels=max_voxels, margin_mm=2.0)
+    if max_voxels < 10_000:  # 3 classes in a whole-grid box: budget 1666 voxels, factor 3
+        assert crf_module._pool_factor(shape, 3, max_voxels) == 3
+    expected = _refine_whole_box(probs.clone(), image, (1.0, 1.2, 2.0), cfg, labels)
+    got = refine_probabilities(probs.clone(), image, (1.0, 1.2, 2.0), cfg, labels)
+    assert not torch.allclose(expected, probs, atol=1e-3)  # the CRF changed something
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_slab_upsampling_is_trilinear_interpolation() -> None:
+    q = torch.rand(7, 5, 4)
+    shape = (20, 13, 11)
+    rows = crf_module._upsampled_rows(q, shape)
+    whole = torch.cat([rows(slice(a, min(20, a + 3))) for a in range(0, 20, 3)])
+    expected = F.interpolate(q[None, None], size=shape, mode="trilinear", align_corners=False)[0, 0]
+    assert torch.allclose(whole, expected, atol=1e-6)
+
+
+def test_argmax_and_classes_are_computed_in_small_dtypes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(crf_module, "SLAB_VOXELS", 50)
+    probs = torch.softmax(torch.randn(5, 9, 8, 7), 0)
+    probs[3] = 0  # never the argmax
+    argmax = crf_module._argmax(probs)
+    assert argmax.dtype == torch.uint8 and torch.equal(argmax.long(), probs.argmax(0))
+    assert crf_module._classes_in(argmax[2:7], 5) == sorted(int(c) for c in torch.unique(probs.argmax(0)[2:7]))
+    assert 3 not in crf_module._classes_in(argmax, 5)
+    many = torch.softmax(torch.randn(300, 4, 3, 2), 0)
+    assert crf_module._argmax(many).dtype == torch.int16
+    assert torch.equal(crf_module._argmax(many).long(), many.argmax(0))
 
 
 def test_structures_and_config_validation() -> None:
