@@ -47,8 +47,11 @@ def labels_to_input(labels_crop: np.ndarray, prepared: PreparedCase, input_affin
     recovered by undoing the orientation is not the input's (a bug, never silent).
     """
     order: Literal["C", "F"] = "F" if labels_crop.flags.f_contiguous and not labels_crop.flags.c_contiguous else "C"
-    full = np.zeros(prepared.canonical_shape, dtype=labels_crop.dtype, order=order)
-    full[prepared.bbox] = labels_crop
+    if tuple(labels_crop.shape) == tuple(prepared.canonical_shape):  # no crop: no second full-size map
+        full = labels_crop
+    else:
+        full = np.zeros(prepared.canonical_shape, dtype=labels_crop.dtype, order=order)
+        full[prepared.bbox] = labels_crop
     canonical_affine = np.asarray(input_affine) @ inv_ornt_aff(prepared.ornt, input_shape(prepared))
     # flips/permutations only: a view, no copy of the full-resolution label map
     back, back_affine = reorient(full, canonical_affine, inverse_ornt(prepared.ornt), contiguous=False)

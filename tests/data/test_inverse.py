@@ -40,3 +40,18 @@ def test_labels_to_input_inverts_prepare_case(codes: str) -> None:
     back = labels_to_input(canonical.astype(np.uint8), prepared, affine)
     np.testing.assert_array_equal(back, image.astype(np.uint8))
     assert input_shape(prepared) == shape
+
+
+@pytest.mark.parametrize("crop", [False, True])
+def test_labels_to_input_copies_only_when_cropped(crop: bool) -> None:
+    """Without a crop the result is a flipped view of the labels (no second full-size map);
+    with one, the crop is pasted into a zero map of the input's shape."""
+    affine = np.diag([-1.0, -1.0, 2.0, 1.0])  # LPS: flips on the way back
+    image = np.zeros((8, 6, 5), np.float32)
+    image[2:6, 1:5, 1:4] = 7.0
+    plan = PreprocessingPlan(target_spacing=[1.0, 1.0, 2.0], normalization="none", crop_foreground=crop)
+    prepared = prepare_case(image, affine, plan)
+    labels = (prepared.image[0] > 0).astype(np.uint8)
+    back = labels_to_input(labels, prepared, affine)
+    np.testing.assert_array_equal(back, (image > 0).astype(np.uint8))
+    assert np.shares_memory(back, labels) is not crop
