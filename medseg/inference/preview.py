@@ -58,11 +58,10 @@ def panels(labels: np.ndarray, image: np.ndarray | None, affine: np.ndarray) -> 
     """The three display panels through the foreground's centre (RAS-reoriented, radiological view)."""
     lab, spacing = to_ras(labels, affine)
     img = to_ras(image, affine)[0] if image is not None else None
-    from scipy import ndimage
+    from medseg.inference.statistics import centroid_index
 
-    mask = lab != 0
-    centre = ([round(float(c)) for c in ndimage.center_of_mass(mask)] if mask.any()
-              else [n // 2 for n in lab.shape])
+    mask = lab != 0  # centre of mass from the mask's axis projections (no full-volume float arrays)
+    centre = [round(float(c)) for c in centroid_index(mask)] if mask.any() else [n // 2 for n in lab.shape]
     del mask
     x, y, z = centre
     sx, sy, sz = spacing

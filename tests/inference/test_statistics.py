@@ -133,3 +133,34 @@ def test_worker_processes_write_the_same_statistics(tmp_path: Path, checkpoint: 
     for name in ("statistics.csv", "qa.csv"):
         assert (tmp_path / "parallel" / name).read_text() == (tmp_path / "serial" / name).read_text(), name
     assert sorted(p.name for p in (tmp_path / "parallel" / "previews").iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+@pytest.mark.parametrize("kind", ["hu_float", "real_float", "uint8"])
+def test_integer_histogram_and_sorted_paths_match_numpy(kind: str) -> None:
+    """Whole-number intensities (CT in HU) take the histogram path, others the sort: both as numpy."""
+    from scipy import ndimage
+
+    from medseg.inference import statistics
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, (30, 20, 25)).astype(np.uint8)
+    image = {"hu_float": rng.integers(-1024, 3000, labels.shape).astype(np.float32),
+             "real_float": rng.normal(0, 100, labels.shape).astype(np.float32),
+             "uint8": rng.integers(0, 255, labels.shape).astype(np.uint8)}[kind]
+    assert (statistics._intensity_histograms(labels, image, 4) is not None) == (kind != "real_float")
+    for row in case_statistics("c", labels, image, np.eye(4), {"a": 1, "b": 2, "c": 3}):
+        values = image[labels == row["label"]].astype(np.float64)
+        want = [values.mean(), values.std(), values.min(), *np.quantile(values, [0.05, 0.5, 0.95]), values.max()]
+        got = [float(str(row[k])) for k in ("mean", "std", "min", "p05", "median", "p95", "max")]
+        np.testing.assert_allclose(got, want, rtol=1e-7)
+        centre = ndimage.center_of_mass(labels == row["label"])
+        np.testing.assert_allclose([float(str(row[f"centroid_{a}_mm"])) for a in "xyz"], centre, rtol=1e-7)
+        assert row["components"] == ndimage.label(labels == row["label"])[1]
+
+
+def test_components_beyond_uint16_are_still_counted() -> None:
+    from medseg.inference.statistics import count_components
+
+    mask = np.zeros((300, 300, 10), bool)
+    mask[::2, ::2, ::2] = True  # 150 * 150 * 5 isolated voxels: more labels than uint16 holds
+    assert count_components(mask) == 112500
