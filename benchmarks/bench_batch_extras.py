@@ -1,24 +1,30 @@
 """Batch extras and Dask benchmark (issue #18): what ``--statistics --preview`` cost per case, and a
 2-worker local Dask cluster against ``--workers 2``.
 
-Every configuration is one fresh ``python -m medseg predict`` process timed from start to exit
-(imports, model loading, the batch, the end-of-batch files: statistics.csv, qa.csv,
-index.html); its ``predict_log.csv`` gives the seconds of each case (read -> written mask,
-and with the extras the case's statistics/QA/preview files). Configurations run interleaved,
-``--rounds`` times (A B A B ...), so the load of a shared machine falls on both alike; the
-table shows the median over rounds.
+Extras overhead, in one process per volume kind (a fresh ``python`` running this file with
+``--child``): the predictor is loaded once, then every case is predicted twice through
+``medseg.inference.batch.predict_case`` (the code path of ``medseg predict``), once plain and
+once with ``--statistics --preview`` extras, the order alternating from case to case, so the
+load of a shared machine falls on both alike. The extras run also times its
+``BatchExtras.case_done`` (statistics, QA, preview of the case) and the end-of-batch
+``finish`` (statistics.csv, qa.csv, index.html), so the overhead is also read as extras
+seconds / plain seconds within the same prediction:
 
 1. Hippocampus batch: the first ``--cases`` (default 52) images of Task04_Hippocampus/imagesTr
    (symlinked into the work folder), the model of ``--model`` (a run directory, e.g. trained
-   3 minutes with ``pipelines/hippocampus_3d.yaml``), serial: plain vs ``--statistics --preview``.
+   3 minutes with ``pipelines/hippocampus_3d.yaml``), the CLI's default threads.
 2. CT: the 512x512x300 volume and random 3-class UNet of ``bench_inference.py`` (case b, made by
-   its ``setup``), plain vs ``--statistics --preview``.
-3. Throughput on the hippocampus batch: ``--workers 2`` vs ``--scheduler local:2`` (no extras).
-4. Evaluate on the hippocampus predictions of 3. against their reference labels:
-   ``--workers 2`` vs ``--scheduler local:2``.
+   its ``setup``).
+
+Throughput, each configuration one fresh ``python -m medseg`` process timed from start to exit
+(imports, model loading or cluster start, the batch), interleaved ``--rounds`` times; median:
+
+3. Predict on the hippocampus batch: ``--workers 2`` vs ``--scheduler local:2`` (no extras).
+4. Evaluate those predictions against their reference labels: ``--workers 2`` vs
+   ``--scheduler local:2``.
 
     nice -n 5 .venv/bin/python benchmarks/bench_batch_extras.py --model RUN_DIR [--rounds 2]
-        [--skip ct,dask,evaluate] [--code-root DIR] [--write-results]
+        [--skip hippocampus,ct,dask,evaluate] [--code-root DIR] [--write-results]
 
 ``--code-root`` runs the medseg package found there (e.g. an older commit unpacked with
 ``git archive``) for a before/after comparison; the default is this checkout.
@@ -28,7 +34,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -43,14 +51,19 @@ from _results import machine_line, update_section  # noqa: E402
 
 SECTION = "Batch extras and Dask (issue #18)"
 EXTRAS = ["--statistics", "--preview"]
+CPU_SECONDS: list[float] = []
+"""user + system seconds of each ``run`` (the process and the worker processes it waited for)."""
 
 
 def run(args: list[str], code_root: Path, env_extra: dict[str, str] | None = None) -> float:
     """Wall seconds of ``python -m medseg ARGS`` in a fresh process (raises on failure)."""
     env = {**os.environ, "PYTHONPATH": str(code_root), **(env_extra or {})}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "medseg", *args], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU_SECONDS.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     if proc.returncode != 0:
         raise RuntimeError(f"medseg {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return wall
@@ -85,20 +98,76 @@ def compare(name: str, configs: dict[str, list[str]], rounds: int, work: Path, c
     """Run each config ``rounds`` times, interleaved; median wall and per-case seconds per config."""
     walls: dict[str, list[float]] = {k: [] for k in configs}
     means: dict[str, list[float]] = {k: [] for k in configs}
+    cpus: dict[str, list[float]] = {k: [] for k in configs}
     for r in range(rounds):
         for label, argv in configs.items():
             out = work / f"{name}_{label.replace(' ', '_')}"
             shutil.rmtree(out, ignore_errors=True)
             wall = run([*argv, "--output", str(out)], code_root)
             walls[label].append(wall)
+            cpus[label].append(CPU_SECONDS[-1])
             if per_case:
                 means[label].append(statistics.fmean(case_seconds(out)))
             if outputs is not None:
                 outputs[label] = out
-            print(f"  {name} round {r + 1} {label}: wall {wall:.2f} s"
+            print(f"  {name} round {r + 1} {label}: wall {wall:.2f} s, cpu {cpus[label][-1]:.1f} s"
                   + (f", mean case {means[label][-1]:.3f} s" if per_case else ""), flush=True)
     return {k: {"wall": statistics.median(walls[k]), "case": statistics.median(means[k]) if per_case else 0.0,
+                "cpu": statistics.median(cpus[k]),
                 "walls": walls[k], "cases": means[k]} for k in configs}  # type: ignore[dict-item]
+
+
+def child_extras(model: str, inputs: list[str], output: Path, warmup: str) -> dict:
+    """In this process: each case plain and with extras, alternating; returns the timings."""
+    from medseg.inference import batch
+    from medseg.inference.batch_extras import BatchExtras, for_models
+    from medseg.inference.inputs import InputCase
+    from medseg.inference.predictor import Predictor
+
+    predictor = Predictor.from_checkpoints([model], device="cpu")
+    extras = for_models(predictor.labels, [model], statistics=True, preview=True)
+    spent: list[float] = []
+
+    class Timed(BatchExtras):
+        def case_done(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            start = time.perf_counter()
+            try:
+                return super().case_done(*args, **kwargs)
+            finally:
+                spent.append(time.perf_counter() - start)
+
+    timed = Timed(**{f: getattr(extras, f) for f in extras.__dataclass_fields__})
+    cases = [InputCase(Path(p).name.split(".")[0], [Path(p)]) for p in inputs]
+    warm_case = InputCase("warmup", [Path(warmup)])
+    warm = batch.predict_case(predictor, warm_case, output / "warmup", resume=False)  # first-call costs
+    if warm.status != "ok":
+        raise RuntimeError(f"warm-up case failed: {warm.error}")
+    plain, with_extras, results = [], [], {}
+    for i, case in enumerate(cases):
+        order = (None, timed) if i % 2 == 0 else (timed, None)
+        for ex in order:
+            r = batch.predict_case(predictor, case, output / ("extras" if ex else "plain"), resume=False, extras=ex)
+            if r.status != "ok":
+                raise RuntimeError(f"{case.name}: {r.error}")
+            (with_extras if ex else plain).append(r.seconds)
+            if ex:
+                results[case.name] = r
+    start = time.perf_counter()
+    timed.finish(output / "extras", [c.name for c in cases], results)
+    finish = time.perf_counter() - start
+    return {"plain": plain, "extras": with_extras, "case_done": spent, "finish": finish,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def extras_in_child(name: str, model: str, inputs: list[str], warmup: str, work: Path, code_root: Path) -> dict:
+    out = work / f"{name}_extras"
+    shutil.rmtree(out, ignore_errors=True)
+    env = {**os.environ, "PYTHONPATH": str(code_root)}
+    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps([model, inputs, str(out), warmup])], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{name} child exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def ratio(a: float, b: float) -> str:
@@ -107,7 +176,7 @@ def ratio(a: float, b: float) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="hippocampus run directory (or checkpoint)")
+    p.add_argument("--model", help="hippocampus run directory (or checkpoint); required")
     p.add_argument("--data", default=os.path.join(os.environ.get("MEDSEG_DATA", "../shared/data"),
                                                   "Task04_Hippocampus"))
     p.add_argument("--cases", type=int, default=52)
@@ -116,7 +185,15 @@ def main() -> None:
     p.add_argument("--skip", default="", help="comma list of: hippocampus, ct, dask, evaluate")
     p.add_argument("--code-root", default=str(ROOT), help="folder holding the medseg package to run")
     p.add_argument("--write-results", action="store_true")
+    p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
+    if a.child:
+        model, inputs, out, warmup = json.loads(a.child)
+        print(json.dumps(child_extras(model, inputs, Path(out), warmup)))
+        return
+    if not a.model:
+        p.error("--model RUN_DIR is required (a hippocampus run, e.g. trained 3 minutes with "
+                "pipelines/hippocampus_3d.yaml)")
     skip = set(filter(None, a.skip.split(",")))
     work, code_root = Path(a.workdir), Path(a.code_root).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -125,29 +202,33 @@ def main() -> None:
     lines: list[str] = []
     load = os.getloadavg()[0]
 
-    def extras_table(title: str, res: dict[str, dict[str, float]], n: int) -> None:
-        plain, extra = res["plain"], res["statistics + preview"]
+    def extras_table(title: str, res: dict, n: int) -> None:
+        plain, extra = statistics.fmean(res["plain"]), statistics.fmean(res["extras"])
+        done = statistics.fmean(res["case_done"])
         lines.extend([
-            f"**{title}** ({n} case{'s' if n > 1 else ''}; median of {a.rounds} interleaved runs)", "",
-            "| predict | seconds per case (log) | process wall seconds | overhead per case | overhead wall |",
-            "|---|---:|---:|---:|---:|",
-            f"| plain | {plain['case']:.3f} | {plain['wall']:.2f} | – | – |",
-            f"| `--statistics --preview` | {extra['case']:.3f} | {extra['wall']:.2f} | "
-            f"**{ratio(extra['case'], plain['case'])}** | {ratio(extra['wall'], plain['wall'])} |", "",
+            f"**{title}** ({n} case{'s' if n > 1 else ''}, each predicted plain and with extras in one process, "
+            "alternating)", "",
+            "| predict_case | mean seconds per case | overhead |", "|---|---:|---:|",
+            f"| plain | {plain:.3f} | – |",
+            f"| `--statistics --preview` | {extra:.3f} | **{ratio(extra, plain)}** |",
+            f"| of which statistics + QA + preview (`case_done`) | {done:.4f} | {done / plain * 100:.1f} % of plain |",
+            f"| end of batch: statistics.csv, qa.csv, index.html (`finish`), per case | {res['finish'] / n:.4f} | "
+            f"{res['finish'] / n / plain * 100:.1f} % of plain |", "",
         ])
 
     if "hippocampus" not in skip:
-        print("hippocampus: plain vs --statistics --preview (serial)", flush=True)
-        res = compare("hippo", {"plain": hippo, "statistics + preview": [*hippo, *EXTRAS]}, a.rounds, work,
-                      code_root)
+        print("hippocampus: plain vs --statistics --preview (one process, alternating per case)", flush=True)
+        inputs = [str(p) for p in sorted(images.glob("*.nii.gz"))]
+        res = extras_in_child("hippo", a.model, inputs, inputs[0], work, code_root)
+        print(json.dumps({k: v for k, v in res.items() if not isinstance(v, list)}), flush=True)
         extras_table("Hippocampus batch, serial", res, a.cases)
     if "ct" not in skip:
         import bench_inference
 
         files = bench_inference.setup(work / "ct", "b")
-        ct = ["predict", "--model", files["ckpt"], "--input", files["image"], "--quiet", "--device", "cpu"]
-        print("CT 512x512x300: plain vs --statistics --preview", flush=True)
-        res = compare("ct", {"plain": ct, "statistics + preview": [*ct, *EXTRAS]}, a.rounds, work, code_root)
+        print("CT 512x512x300: plain vs --statistics --preview (one process)", flush=True)
+        res = extras_in_child("ct", files["ckpt"], [files["image"]], files["warmup"], work, code_root)
+        print(json.dumps(res), flush=True)
         extras_table("CT 512x512x300 (bench_inference case b, random 3-class UNet)", res, 1)
     if "dask" not in skip:
         print("hippocampus predict: --workers 2 vs --scheduler local:2", flush=True)
@@ -159,11 +240,13 @@ def main() -> None:
         lines.extend([
             f"**Predict throughput**, hippocampus batch ({a.cases} cases, no extras; median of {a.rounds} "
             "interleaved runs)", "",
-            "| predict | process wall seconds | cases per minute | seconds per case (log, per worker) |",
-            "|---|---:|---:|---:|",
-            *(f"| `{k}` | {v['wall']:.2f} | {60 * a.cases / v['wall']:.1f} | {v['case']:.3f} |"
+            "| predict | process wall seconds | cases per minute | CPU seconds (all processes) "
+            "| seconds per case (log, per worker) |",
+            "|---|---:|---:|---:|---:|",
+            *(f"| `{k}` | {v['wall']:.2f} | {60 * a.cases / v['wall']:.1f} | {v['cpu']:.1f} | {v['case']:.3f} |"
               for k, v in res.items()),
-            f"| Dask vs pool | {ratio(d['wall'], w['wall'])} wall | | |", "",
+            f"| Dask vs pool | {ratio(d['wall'], w['wall'])} | | {ratio(d['cpu'], w['cpu'])} | "
+            f"{ratio(d['case'], w['case'])} |", "",
         ])
         if "evaluate" not in skip:
             print("hippocampus evaluate: --workers 2 vs --scheduler local:2", flush=True)
@@ -176,9 +259,11 @@ def main() -> None:
             lines.extend([
                 f"**Evaluate throughput**, the {a.cases} predictions above against their labels "
                 f"(median of {a.rounds} interleaved runs)", "",
-                "| evaluate | process wall seconds | cases per minute |", "|---|---:|---:|",
-                *(f"| `{k}` | {v['wall']:.2f} | {60 * a.cases / v['wall']:.1f} |" for k, v in res.items()),
-                f"| Dask vs pool | {ratio(d['wall'], w['wall'])} wall | |", "",
+                "| evaluate | process wall seconds | cases per minute | CPU seconds (all processes) |",
+                "|---|---:|---:|---:|",
+                *(f"| `{k}` | {v['wall']:.2f} | {60 * a.cases / v['wall']:.1f} | {v['cpu']:.1f} |"
+                  for k, v in res.items()),
+                f"| Dask vs pool | {ratio(d['wall'], w['wall'])} | | {ratio(d['cpu'], w['cpu'])} |", "",
             ])
     lines.append(f"Machine: {machine_line()}; load average {load:.2f} at the start (shared machine: compare "
                  "rows within a table, not across runs).")
