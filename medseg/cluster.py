@@ -26,8 +26,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 LOCAL_PREFIX = "local:"
-LOCAL_WORKER_CONFIG: dict[str, Any] = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
-"""Dask configuration while a ``local:N`` cluster starts (None unsets a worker environment variable)."""
+LOCAL_WORKER_CONFIG: dict[str, Any] = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
+"""Dask configuration while a ``local:N`` cluster starts (None unsets a worker environment variable).
+Also off: the workers' statistical profiler (a stack sample every 10 ms, for the dashboard,
+which ``local:N`` does not start)."""
 
 
 def parse_scheduler(address: str) -> int | str:

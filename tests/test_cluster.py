@@ -63,3 +63,15 @@ def test_local_workers_keep_glibcs_default_malloc_trimming() -> None:
     results: dict[int, object] = {}
     run_tasks("local:1", _environment, [None], (), results.__setitem__, lambda i, e: pytest.fail(str(e)))
     assert results == {0: None}
+
+
+def _profiling(_: object) -> bool:
+    import dask
+
+    return bool(dask.config.get("distributed.worker.profile.enabled"))
+
+
+def test_local_workers_do_not_sample_stacks_for_a_dashboard_that_is_not_there() -> None:
+    results: dict[int, object] = {}
+    run_tasks("local:1", _profiling, [None], (), results.__setitem__, lambda i, e: pytest.fail(str(e)))
+    assert results == {0: False}

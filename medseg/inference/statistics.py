@@ -66,6 +66,9 @@ def case_statistics(
     """
     if image is not None and image.shape != labels.shape:
         raise ValueError(f"{case}: image {image.shape} and label map {labels.shape} are not on the same grid")
+    labels = np.ascontiguousarray(labels)  # slabs along axis 0 are contiguous (a reoriented map may be a view)
+    if image is not None:
+        image = np.ascontiguousarray(image)
     affine = np.asarray(affine, dtype=np.float64)
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     structures = sorted((int(v), k) for k, v in label_map.items() if int(v) != 0)
@@ -124,12 +127,34 @@ def centroid_index(mask: np.ndarray) -> np.ndarray:
 
 
 def count_components(mask: np.ndarray) -> int:
-    """Face-connected components of ``mask``, labelled in uint16 (half the memory of scipy's
-    int32 default) unless there are more than 65535."""
-    try:
-        return int(ndimage.label(mask, output=np.empty(mask.shape, np.uint16)))
-    except RuntimeError:  # "insufficient bit-depth in requested output type"
-        return int(ndimage.label(mask)[1])
+    """Face-connected components of a 3D ``mask``, slab by slab along axis 0.
+
+    Each slab is labelled on its own (int32 labels of the slab only); a component that
+    crosses from one slab into the next is joined by the face pairs on their common
+    boundary, counted as a graph's connected components (``scipy.sparse.csgraph``). The
+    same count as ``ndimage.label(mask)[1]`` without a full-volume label array (a random
+    network's CT prediction had 700 000 components in 512x512x300 voxels).
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    total, edges, prev_last = 0, [], None
+    for s in _slabs(mask.shape):
+        lab, n = ndimage.label(mask[s])
+        if n:
+            lab[lab > 0] += total  # global ids
+        if prev_last is not None and n:
+            first = lab[0]
+            both = (prev_last > 0) & (first > 0)
+            if both.any():
+                edges.append(np.unique(np.stack([prev_last[both], first[both]]), axis=1))
+        prev_last = lab[-1].copy()
+        total += n
+    if not edges or total == 0:
+        return total
+    pairs = np.concatenate(edges, axis=1) - 1
+    graph = coo_matrix((np.ones(pairs.shape[1], np.int8), (pairs[0], pairs[1])), shape=(total, total))
+    return int(connected_components(graph, directed=False)[0])
 
 
 def _slabs(shape: tuple[int, ...]) -> list[slice]:

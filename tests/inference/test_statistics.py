@@ -158,9 +158,19 @@ def test_integer_histogram_and_sorted_paths_match_numpy(kind: str) -> None:
         assert row["components"] == ndimage.label(labels == row["label"])[1]
 
 
-def test_components_beyond_uint16_are_still_counted() -> None:
-    from medseg.inference.statistics import count_components
+def test_components_counted_slab_by_slab_match_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Components that cross slab boundaries (slabs of 1-3 planes here) are joined, never double-counted."""
+    from scipy import ndimage
 
-    mask = np.zeros((300, 300, 10), bool)
-    mask[::2, ::2, ::2] = True  # 150 * 150 * 5 isolated voxels: more labels than uint16 holds
-    assert count_components(mask) == 112500
+    from medseg.inference import statistics
+
+    rng = np.random.default_rng(3)
+    for shape, fill, slab in (((40, 12, 10), 0.45, 120), ((60, 8, 8), 0.6, 64), ((9, 9, 9), 0.0, 81)):
+        mask = rng.random(shape) < fill
+        monkeypatch.setattr(statistics, "_SLAB_VOXELS", slab)
+        assert statistics.count_components(mask) == ndimage.label(mask)[1]
+    snake = np.zeros((12, 3, 3), bool)  # one component that leaves and re-enters every slab boundary
+    snake[:, 0, 0] = snake[:, 2, 2] = True
+    snake[0, :, 0] = snake[0, 2, :] = True
+    monkeypatch.setattr(statistics, "_SLAB_VOXELS", 9)
+    assert statistics.count_components(snake) == 1
