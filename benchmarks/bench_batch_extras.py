@@ -60,7 +60,8 @@ def run(args: list[str], code_root: Path, env_extra: dict[str, str] | None = Non
     env = {**os.environ, "PYTHONPATH": str(code_root), **(env_extra or {})}
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "medseg", *args], env=env, capture_output=True, text=True)
+    # -P: neither the working directory nor this script's folder goes before PYTHONPATH
+    proc = subprocess.run([sys.executable, "-P", "-m", "medseg", *args], env=env, capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     CPU_SECONDS.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
@@ -155,7 +156,10 @@ def child_extras(model: str, inputs: list[str], output: Path, warmup: str) -> di
     start = time.perf_counter()
     timed.finish(output / "extras", [c.name for c in cases], results)
     finish = time.perf_counter() - start
-    return {"plain": plain, "extras": with_extras, "case_done": spent, "finish": finish,
+    import medseg
+
+    return {"medseg": str(Path(medseg.__file__).parent), "plain": plain, "extras": with_extras, "case_done": spent,
+            "finish": finish,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
@@ -163,7 +167,8 @@ def extras_in_child(name: str, model: str, inputs: list[str], warmup: str, work:
     out = work / f"{name}_extras"
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(code_root)}
-    proc = subprocess.run([sys.executable, __file__, "--child", json.dumps([model, inputs, str(out), warmup])], env=env,
+    proc = subprocess.run([sys.executable, "-P", __file__, "--child",
+                           json.dumps([model, inputs, str(out), warmup, str(code_root)])], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} child exited {proc.returncode}:\n{proc.stderr[-3000:]}")
@@ -188,7 +193,8 @@ def main() -> None:
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        model, inputs, out, warmup = json.loads(a.child)
+        model, inputs, out, warmup, code = json.loads(a.child)
+        sys.path.insert(0, code)  # before this checkout (ROOT), for --code-root
         print(json.dumps(child_extras(model, inputs, Path(out), warmup)))
         return
     if not a.model:
