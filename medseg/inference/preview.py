@@ -189,9 +189,10 @@ def render(panel_list: list[Panel], label_map: Mapping[str, int], title: str = "
     """PNG bytes of the panels side by side with orientation letters and a legend of the structures shown.
 
     The panels are composed as one pixel array (numpy, :func:`compose`); Pillow draws the text
-    and the legend swatches and encodes the PNG. ~10 ms per hippocampus-sized case and 0.04 s
-    of import, against ~0.2 s per case and ~1.5 s of import with a matplotlib figure (the
-    figure's text layout and Agg rendering dominated; see benchmarks/RESULTS.md, issue #18).
+    and the legend swatches and encodes the PNG: 15-40 ms per hippocampus-sized case on a busy
+    2-core machine and 0.04 s on first use, against 0.2-0.27 s and ~0.5 s more on first use with
+    a matplotlib figure, whose text layout and Agg rendering dominated (benchmarks/RESULTS.md,
+    "Batch extras and Dask").
     """
     import io
 
