@@ -8,6 +8,15 @@ A worker that dies mid-case does not lose the batch: the scheduler reruns its ta
 another worker, and after ``distributed.scheduler.allowed-failures`` deaths (Dask's
 default 3) the task fails with ``KilledWorker``, which the caller logs as that case's
 failure. Results come back in completion order through ``on_result``.
+
+Local workers get the environment of a ``--workers N`` process: Dask's nannies normally set
+``MALLOC_TRIM_THRESHOLD_=65536`` in their workers (``distributed.nanny.pre-spawn-environ``),
+which fixes glibc's mmap threshold at 128 KiB, so every tensor buffer of a forward pass is
+mapped and unmapped afresh: measured +25 % CPU seconds per hippocampus case (benchmarks/
+RESULTS.md, "Batch extras and Dask"). :data:`LOCAL_WORKER_CONFIG` unsets it for ``local:N``.
+On a cluster started elsewhere (``dask worker``, dask-jobqueue) set the same in the workers'
+Dask configuration (``distributed: nanny: pre-spawn-environ: MALLOC_TRIM_THRESHOLD_: null``)
+or environment.
 """
 
 from __future__ import annotations
@@ -17,6 +26,13 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 LOCAL_PREFIX = "local:"
+LOCAL_WORKER_CONFIG: dict[str, Any] = {
+    "distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None,
+    "distributed.worker.profile.enabled": False,
+}
+"""Dask configuration while a ``local:N`` cluster starts (None unsets a worker environment variable).
+Also off: the workers' statistical profiler (a stack sample every 10 ms, for the dashboard,
+which ``local:N`` does not start)."""
 
 
 def parse_scheduler(address: str) -> int | str:
@@ -46,16 +62,39 @@ def dask_client(address: str) -> Iterator[Any]:
     distributed = _import_distributed()
     target = parse_scheduler(address)
     if isinstance(target, int):
-        cluster = distributed.LocalCluster(n_workers=target, threads_per_worker=1, processes=True,
-                                           host="127.0.0.1", dashboard_address=None)
+        import dask
+
+        with dask.config.set(LOCAL_WORKER_CONFIG):  # read when the nannies are made (also for restarts)
+            cluster = distributed.LocalCluster(n_workers=target, threads_per_worker=1, processes=True,
+                                               host="127.0.0.1", dashboard_address=None)
         try:
             with distributed.Client(cluster) as client:
-                yield client
+                try:
+                    yield client
+                finally:
+                    with contextlib.suppress(Exception):  # a worker may be dead or restarting
+                        client.run(_exit_without_teardown)
         finally:
             cluster.close()
     else:
         with distributed.Client(target) as client:
             yield client
+
+
+def _exit_without_teardown() -> None:
+    """In a local worker at the end of the batch: once the worker has closed, leave the process
+    with ``os._exit(0)`` instead of tearing the interpreter down.
+
+    Spawned worker processes end with ``sys.exit``: a full interpreter finalisation, ~2 s with
+    torch and MONAI loaded on a busy 2-core machine, and the nanny kills a worker that is not
+    gone after 4 s, so each ``local:N`` batch ended with 4 s of waiting. Registered last, this
+    handler runs first among the exit handlers, after the worker's threads have been joined and
+    every output of the batch has been written (atomically) and reported.
+    """
+    import atexit
+    import os
+
+    atexit.register(os._exit, 0)
 
 
 def run_tasks(

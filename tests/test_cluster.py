@@ -52,3 +52,26 @@ def test_killed_worker_is_retried_or_reported(tmp_path: Path) -> None:
         assert not errors and results[0] != int(marker.read_text())  # rerun on a new worker process
         run_tasks("local:2", _always_die, ["case_a"], (), results.__setitem__, errors.__setitem__)
     assert type(errors[0]).__name__ == "KilledWorker"
+
+
+def _environment(_: object) -> str | None:
+    return os.environ.get("MALLOC_TRIM_THRESHOLD_")
+
+
+def test_local_workers_keep_glibcs_default_malloc_trimming() -> None:
+    """Dask's default MALLOC_TRIM_THRESHOLD_=65536 costs ~25 % CPU per predicted case: not set locally."""
+    results: dict[int, object] = {}
+    run_tasks("local:1", _environment, [None], (), results.__setitem__, lambda i, e: pytest.fail(str(e)))
+    assert results == {0: None}
+
+
+def _profiling(_: object) -> bool:
+    import dask
+
+    return bool(dask.config.get("distributed.worker.profile.enabled"))
+
+
+def test_local_workers_do_not_sample_stacks_for_a_dashboard_that_is_not_there() -> None:
+    results: dict[int, object] = {}
+    run_tasks("local:1", _profiling, [None], (), results.__setitem__, lambda i, e: pytest.fail(str(e)))
+    assert results == {0: False}

@@ -65,7 +65,10 @@ class BatchExtras:
 
         parts = list(parts) if parts is not None else ["statistics", "qa", "preview"]
         errors = []
-        rows = stats_mod.case_statistics(case, labels, image, affine, self.label_map)
+        from scipy import ndimage
+
+        boxes = ndimage.find_objects(labels)  # one pass over the volume for statistics and QA
+        rows = stats_mod.case_statistics(case, labels, image, affine, self.label_map, boxes)
         if self.statistics and "statistics" in parts:
             try:
                 stats_mod.write_case(output, rows, case)
@@ -73,7 +76,7 @@ class BatchExtras:
                 errors.append(f"statistics: {type(err).__name__}: {err}")
         flags: list[dict[str, str]] = []
         try:
-            flags = qa.case_flags(case, rows, labels, affine, self.training, self.qa_options)
+            flags = qa.case_flags(case, rows, labels, affine, self.training, self.qa_options, boxes)
             if "qa" in parts:
                 qa.write_case(output, case, flags)
         except Exception as err:

@@ -46,8 +46,12 @@ def case_flags(
     affine: np.ndarray,
     training: Mapping[str, Any] | None,
     options: Mapping[str, float] | None = None,
+    boxes: Sequence[Any] | None = None,
 ) -> list[dict[str, str]]:
-    """The flags of one case from its statistics rows (:func:`statistics.case_statistics`) and label map."""
+    """The flags of one case from its statistics rows (:func:`statistics.case_statistics`) and label map.
+
+    ``boxes``: ``scipy.ndimage.find_objects(labels)`` when the caller has it (computed otherwise).
+    """
     opts = {**DEFAULT_OPTIONS, **(options or {})}
     flags: list[dict[str, str]] = []
 
@@ -57,7 +61,7 @@ def case_flags(
     if training:
         _input_flags(flag, labels.shape, affine, training, opts)
     per_structure = (training or {}).get("structures", {})
-    boxes = ndimage.find_objects(labels)
+    boxes = ndimage.find_objects(labels) if boxes is None else boxes
     _, letters = ras_order(affine)
     for row in rows:
         name, label_id, voxels = str(row["structure"]), int(str(row["label"])), int(str(row["voxels"]))

@@ -9,7 +9,7 @@ import pytest
 from matplotlib.image import imread
 
 from medseg.inference.preview import compose, panels, write_preview
-from medseg.palette import label_rgb_float
+from medseg.palette import label_rgb, label_rgb_float
 
 LABELS = {"background": 0, "organ": 1, "other": 2}
 
@@ -78,3 +78,37 @@ def test_panels_keep_their_physical_aspect_ratio() -> None:
     assert w_ax / h_ax == pytest.approx(10 / 16, rel=0.02)
     assert w_co / h_co == pytest.approx(10 / 48, rel=0.02) and w_sa / h_sa == pytest.approx(16 / 48, rel=0.02)
     assert canvas.shape[0] == max(h_ax, h_co, h_sa) and canvas.min() >= 0.0 and canvas.max() <= 1.0
+
+
+def test_uint8_canvas_is_the_float_canvas_rounded() -> None:
+    labels, image, affine = _ras_case()
+    panel_list = panels(labels, image, affine)
+    as_float, boxes = compose(panel_list)
+    as_uint8, boxes8 = compose(panel_list, as_uint8=True)
+    assert as_uint8.dtype == np.uint8 and boxes8 == boxes
+    np.testing.assert_array_equal(as_uint8, np.rint(as_float * 255).astype(np.uint8))
+
+
+def test_legend_has_a_swatch_per_structure_shown_and_a_title(tmp_path: Path) -> None:
+    labels, image, affine = _ras_case()
+    many = {"background": 0, **{f"structure number {i}": i for i in range(1, 31)}}
+    labels = labels.astype(np.uint8) * 0
+    labels[:, :, :] = (np.arange(labels.size) % 30 + 1).reshape(labels.shape)
+    labels[:2] = 0  # the slices still show every id
+    path = write_preview(tmp_path / "case_0042.png", labels, image, affine, many)
+    rgb = np.rint(imread(str(path))[..., :3] * 255).astype(int)
+    legend = rgb[-5 * 15 - 20:]  # 30 names in rows of 6 below the panels
+    for i in range(1, 31):
+        swatch = np.all(legend == label_rgb(i), axis=-1)
+        assert swatch.sum() >= 100, i  # an 11x11 square of the exact palette colour (not blended)
+    # White text: the title and legend names are drawn.
+    assert np.all(rgb[:20] >= 200, axis=-1).sum() > 20 and np.all(legend >= 200, axis=-1).sum() > 200
+
+
+def test_empty_prediction_says_so_instead_of_a_legend(tmp_path: Path) -> None:
+    labels, image, affine = _ras_case()
+    path = write_preview(tmp_path / "c.png", labels * 0, image, affine, LABELS)
+    rgb = np.rint(imread(str(path))[..., :3] * 255).astype(int)
+    for i in (1, 2):
+        assert not np.all(rgb == label_rgb(i), axis=-1).any()
+    assert np.all(rgb[-25:] >= 200, axis=-1).sum() > 50  # "no structure predicted"

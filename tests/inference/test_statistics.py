@@ -133,3 +133,44 @@ def test_worker_processes_write_the_same_statistics(tmp_path: Path, checkpoint: 
     for name in ("statistics.csv", "qa.csv"):
         assert (tmp_path / "parallel" / name).read_text() == (tmp_path / "serial" / name).read_text(), name
     assert sorted(p.name for p in (tmp_path / "parallel" / "previews").iterdir()) == ["a.png", "b.png", "c.png"]
+
+
+@pytest.mark.parametrize("kind", ["hu_float", "real_float", "uint8"])
+def test_integer_histogram_and_sorted_paths_match_numpy(kind: str) -> None:
+    """Whole-number intensities (CT in HU) take the histogram path, others the sort: both as numpy."""
+    from scipy import ndimage
+
+    from medseg.inference import statistics
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 4, (30, 20, 25)).astype(np.uint8)
+    image = {"hu_float": rng.integers(-1024, 3000, labels.shape).astype(np.float32),
+             "real_float": rng.normal(0, 100, labels.shape).astype(np.float32),
+             "uint8": rng.integers(0, 255, labels.shape).astype(np.uint8)}[kind]
+    assert (statistics._intensity_histograms(labels, image, 4) is not None) == (kind != "real_float")
+    for row in case_statistics("c", labels, image, np.eye(4), {"a": 1, "b": 2, "c": 3}):
+        values = image[labels == row["label"]].astype(np.float64)
+        want = [values.mean(), values.std(), values.min(), *np.quantile(values, [0.05, 0.5, 0.95]), values.max()]
+        got = [float(str(row[k])) for k in ("mean", "std", "min", "p05", "median", "p95", "max")]
+        np.testing.assert_allclose(got, want, rtol=1e-7)
+        centre = ndimage.center_of_mass(labels == row["label"])
+        np.testing.assert_allclose([float(str(row[f"centroid_{a}_mm"])) for a in "xyz"], centre, rtol=1e-7)
+        assert row["components"] == ndimage.label(labels == row["label"])[1]
+
+
+def test_components_counted_slab_by_slab_match_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Components that cross slab boundaries (slabs of 1-3 planes here) are joined, never double-counted."""
+    from scipy import ndimage
+
+    from medseg.inference import statistics
+
+    rng = np.random.default_rng(3)
+    for shape, fill, slab in (((40, 12, 10), 0.45, 120), ((60, 8, 8), 0.6, 64), ((9, 9, 9), 0.0, 81)):
+        mask = rng.random(shape) < fill
+        monkeypatch.setattr(statistics, "_SLAB_VOXELS", slab)
+        assert statistics.count_components(mask) == ndimage.label(mask)[1]
+    snake = np.zeros((12, 3, 3), bool)  # one component that leaves and re-enters every slab boundary
+    snake[:, 0, 0] = snake[:, 2, 2] = True
+    snake[0, :, 0] = snake[0, 2, :] = True
+    monkeypatch.setattr(statistics, "_SLAB_VOXELS", 9)
+    assert statistics.count_components(snake) == 1
