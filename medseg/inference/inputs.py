@@ -199,5 +199,6 @@ def read_case(case: InputCase, num_channels: int) -> Volume:
             raise ImageReadError(
                 f"{case.sources[0]}: {bad} of {image.size} voxels are NaN or infinite; fix or re-export the image"
             )
-    first.array = np.ascontiguousarray(image, dtype=dtype)
+    # any memory order (NIfTI's is Fortran): a C-order copy would be a second full-size image
+    first.array = image if image.dtype == dtype else image.astype(dtype)
     return first
