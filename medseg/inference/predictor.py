@@ -34,6 +34,7 @@ from medseg.data.grid import canonical_spacing, label_dtype, voxel_spacing
 from medseg.data.inverse import labels_to_input
 from medseg.data.io import Volume
 from medseg.data.preprocess import PreparedCase, PreprocessingPlan, prepare_case
+from medseg.inference.allocator import return_large_blocks
 from medseg.inference.block_source import BlockSource
 from medseg.inference.blocks import BlockPlan, Box, evaluated
 from medseg.inference.blockwise import BLOCK_BYTES, block_source, plan_for
@@ -161,6 +162,7 @@ class Predictor:
             raise ValueError(f"block_bytes {block_bytes}: expected a positive number of bytes, e.g. {BLOCK_BYTES}")
         self.last_plan: BlockPlan | None = None
         """The block plan of the latest prediction (for logs and benchmarks)."""
+        return_large_blocks()  # freed window activations go back to the OS (medseg/inference/allocator.py)
 
     @staticmethod
     def _override(cfg: PipelineConfig, tta: bool | None, overlap: float | None, sw: int | None) -> PipelineConfig:
