@@ -34,7 +34,7 @@ from medseg.data.grid import canonical_spacing, label_dtype, voxel_spacing
 from medseg.data.inverse import labels_to_input
 from medseg.data.io import Volume
 from medseg.data.preprocess import PreparedCase, PreprocessingPlan, prepare_case
-from medseg.inference.allocator import return_large_blocks
+from medseg.inference.allocator import release_free_memory
 from medseg.inference.block_source import BlockSource
 from medseg.inference.blocks import BlockPlan, Box, evaluated
 from medseg.inference.blockwise import BLOCK_BYTES, block_source, plan_for
@@ -162,7 +162,6 @@ class Predictor:
             raise ValueError(f"block_bytes {block_bytes}: expected a positive number of bytes, e.g. {BLOCK_BYTES}")
         self.last_plan: BlockPlan | None = None
         """The block plan of the latest prediction (for logs and benchmarks)."""
-        return_large_blocks()  # freed window activations go back to the OS (medseg/inference/allocator.py)
 
     @staticmethod
     def _override(cfg: PipelineConfig, tta: bool | None, overlap: float | None, sw: int | None) -> PipelineConfig:
@@ -266,6 +265,7 @@ class Predictor:
         image with this ``affine``. The input image is not needed any more: a batch frees it
         before the network runs (``medseg.inference.batch.predict_case``). ``prepared``'s
         network-grid image is released on the way."""
+        release_free_memory()  # what preprocessing freed
         crop_shape = tuple(s.stop - s.start for s in prepared.bbox)
         grid_shape = tuple(prepared.image.shape[1:])
         plan = self.plan_blocks(grid_shape)
@@ -280,6 +280,7 @@ class Predictor:
                 source = BlockSource.of(probs)
             block_labels(source, box, taps, labels)
             del source
+            release_free_memory()  # the block's freed window buffers leave the heap (allocator.py)
         prepared.image = np.empty(0, dtype=np.float32)  # free the network-grid image early
         if not self.post.empty:
             postprocess(labels, tuple(canonical_spacing(affine)), self.post)
