@@ -11,8 +11,10 @@ this script only pools their ``medseg evaluate`` outputs: for each variant, the
 
 ``--joint RUN MANIFEST CHOICE``: network-grid Dice of every structure of ``MANIFEST``'s cases
 predicted by ``RUN`` without and with the CRF of ``CHOICE`` (a ``postprocessing.json``),
-its structures refined *together*, as ``medseg predict`` applies it (``tune-postprocess``
-scores each structure's CRF with that structure refined alone).
+its structures refined *together*, as ``medseg predict`` applies it: an independent check of
+the ``dice_after_crf`` that ``tune-postprocess`` records (before commit 'tuning: score the CRF
+jointly' it scored each structure's CRF with that structure refined alone, and the other
+structures as unchanged).
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def joint(run: str, manifest: str, choice: str) -> str:
         b, a = _score(base, cases, label), _score(refined, cases, label)
         before.append(b)
         after.append(a)
-        reported = tuned["structures"][name]["dice_after"]
+        entry = tuned["structures"][name]
+        reported = entry.get("dice_after_crf", entry["dice_after"])
         lines.append(f"  {name}: none {b:.4f}, joint {a:.4f} ({a - b:+.4f}); tune-postprocess reported {reported:.4f}")
     lines.append(f"  mean: none {_mean(before):.4f}, joint {_mean(after):.4f}; reported {tuned['mean_dice_after']:.4f}")
     return "\n".join(lines)

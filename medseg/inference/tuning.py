@@ -6,18 +6,29 @@ cases, predicted by that fold's network: out-of-fold), or every labelled case of
 manifest (predicted by the whole ensemble), are predicted once; their class probabilities
 are kept on the network grid together with the network input and the reference label
 resampled to that grid (float16 probabilities: memory ~ 2 bytes x classes x voxels per case).
-Then per structure, greedily, each stage keeping a candidate only when it raises that
-structure's mean validation Dice by more than ``margin``:
+Then, each stage keeping a candidate only when it raises mean validation Dice by more than
+``margin``:
 
-1. CRF (:mod:`medseg.inference.crf`) with one of a small grid of parameter sets, or none;
-   one parameter set is shared by the structures it helps (``inference.crf`` has one);
-2. connected components: none, largest component, or islands below 1%, 5% or 20% of the
-   structure's median reference volume removed;
-3. hole filling or not.
+1. CRF (:mod:`medseg.inference.crf`) with one of a small grid of parameter sets, or none.
+   Refining one structure rescales the other classes' probabilities in its box, so a
+   structure that is not refined can still change: a CRF candidate is scored by its effect
+   on *every* structure. Per parameter set, the refined structures are chosen by greedy
+   forward selection: a structure joins the set when refining it *together with* those
+   already chosen (as ``medseg predict`` refines them) raises the sum over all structures
+   of the change in mean Dice by more than ``margin``; the parameter set whose set gains
+   most is kept (``inference.crf`` has one);
+2. per structure, after the chosen CRF: connected components: none, largest component,
+   or islands below 1%, 5% or 20% of the structure's median reference volume removed
+   (a step turns only that structure's voxels into background, so it changes no other
+   structure's Dice);
+3. per structure, in label order after every component step (as ``medseg predict``
+   applies them): hole filling or not (it fills only background).
 
 Dice is measured on the network grid (the post-processing steps count volumes in mL, so a
 threshold means the same on the input grid). The choice and the Dice before/after go to
-``RUN_DIR/postprocessing.json``; its ``inference`` section is what ``medseg predict --model
+``RUN_DIR/postprocessing.json``: ``dice_after`` is what the chosen settings give on the
+tuning cases with every step applied together (:func:`apply_choice`, the steps of
+``medseg predict``), side effects included; its ``inference`` section is what ``medseg predict --model
 RUN_DIR`` applies (:mod:`medseg.inference.tuned`).
 """
 
@@ -36,15 +47,21 @@ import numpy as np
 import torch
 
 from medseg import __version__
-from medseg.config import CrfConfig, load
+from medseg.config import CrfConfig, InferenceConfig, from_dict, load
 from medseg.data.grid import label_dtype, voxel_spacing
 from medseg.data.io import read_label, read_volume
 from medseg.data.manifest import Case, load_manifest
 from medseg.data.preprocess import prepare_case
-from medseg.inference.crf import refine_probabilities
-from medseg.inference.postprocess import fill_holes, keep_largest_component, remove_small_components
+from medseg.inference.crf import crf_settings, refine_probabilities
+from medseg.inference.postprocess import (
+    fill_holes,
+    keep_largest_component,
+    postprocess,
+    remove_small_components,
+    resolve_spec,
+)
 from medseg.inference.predictor import Predictor, PredictorSpec
-from medseg.inference.tuned import TUNED_NAME
+from medseg.inference.tuned import TUNED_NAME, merge_tuned
 from medseg.utils import atomic_write_text
 
 DEFAULT_MARGIN = 0.002
@@ -154,43 +171,123 @@ def _argmax(probs: torch.Tensor) -> np.ndarray:
     return probs.argmax(0).numpy().astype(label_dtype(int(probs.shape[0]) - 1))
 
 
-def _crf_maps(cases: Sequence[ValidationCase], cfg: CrfConfig, name: str, labels: Mapping[str, int]) -> list[np.ndarray]:
-    one = dataclasses.replace(cfg, enabled=True, structures=[name])
-    return [_argmax(refine_probabilities(c.probs.float(), c.image, c.spacing, one, labels)) for c in cases]
+def crf_config(params: Mapping[str, float], structures: Sequence[str]) -> CrfConfig:
+    """The CRF ``medseg predict`` runs for a tuned choice: ``params`` (changes from
+    :class:`CrfConfig`'s defaults) on ``structures``, read back through the config parser
+    as ``postprocessing.json``'s ``inference.crf`` is."""
+    section = dataclasses.asdict(dataclasses.replace(CrfConfig(**params), enabled=True,  # type: ignore[arg-type]
+                                                     structures=list(structures)))
+    return from_dict({"inference": {"crf": section}}).inference.crf
+
+
+def apply_choice(case: ValidationCase, inference: Mapping[str, Any], labels: Mapping[str, int]) -> np.ndarray:
+    """The network-grid label map of ``case`` under a tuned ``inference`` section, by the
+    steps ``medseg predict`` runs: the tuned settings merged into the defaults
+    (:func:`medseg.inference.tuned.merge_tuned`), the CRF of :func:`crf_settings` on the
+    probabilities (:func:`refine_probabilities`), the argmax, then :func:`postprocess`."""
+    cfg = merge_tuned(InferenceConfig(), dict(inference))
+    crf = crf_settings(cfg.crf, labels)
+    probs = case.probs.float()
+    if crf.enabled:
+        refine_probabilities(probs, case.image, case.spacing, crf, labels)
+    out = _argmax(probs)
+    return postprocess(out, case.spacing, resolve_spec(cfg, labels))
+
+
+class _JointCrf:
+    """Joint CRF refinements of sets of structures for one parameter set, on every case.
+
+    :func:`refine_probabilities` refines structures one after another, each from the
+    probabilities the previous ones left; the probabilities after each refined prefix (in
+    label order) are cached (float32: 4 bytes x classes x voxels per case and prefix; the
+    prefixes that no later candidate set starts with are dropped after each round), so
+    that a set that extends a scored one costs one structure's refinement per case."""
+
+    def __init__(self, cases: Sequence[ValidationCase], params: Mapping[str, float], labels: Mapping[str, int]):
+        self.cases, self.params, self.labels = cases, params, labels
+        self.names = {i: n for n, i in labels.items() if i != 0}
+        self.cache: dict[tuple[int, ...], list[torch.Tensor]] = {(): [c.probs.float() for c in cases]}
+
+    def probs(self, ids: Sequence[int]) -> list[torch.Tensor]:
+        key = tuple(sorted(ids))
+        if key not in self.cache:
+            prev = self.probs(key[:-1])
+            cfg = crf_config(self.params, [self.names[key[-1]]])
+            self.cache[key] = [refine_probabilities(p.clone(), c.image, c.spacing, cfg, self.labels)
+                               for p, c in zip(prev, self.cases, strict=True)]
+        return self.cache[key]
+
+    def keep_extensions_of(self, chosen: set[int]) -> None:
+        """Drop the cached prefixes that no superset of ``chosen`` starts with."""
+        for key in list(self.cache):
+            if key and not {i for i in chosen if i <= key[-1]} <= set(key):
+                del self.cache[key]
+
+
+def _all_scores(maps: Sequence[np.ndarray], cases: Sequence[ValidationCase], structures: Mapping[str, int]) -> dict[str, float]:
+    return {n: _score(maps, cases, i) for n, i in structures.items()}
+
+
+def _total_change(after: Mapping[str, float], before: Mapping[str, float]) -> float:
+    """Sum over structures of the change in mean Dice (structures without a defined Dice skipped)."""
+    return float(sum(after[n] - before[n] for n in before if math.isfinite(after[n]) and math.isfinite(before[n])))
+
+
+def _crf_search(cases: Sequence[ValidationCase], labels: Mapping[str, int], structures: Mapping[str, int],
+                before: Mapping[str, float], params: Mapping[str, float], margin: float) -> dict[str, Any]:
+    """Greedy forward selection of the structures refined together with ``params``: each
+    round adds the structure whose joint refinement (with those already chosen) raises the
+    sum over *all* structures of the mean Dice change most, if by more than ``margin``."""
+    joint = _JointCrf(cases, params, labels)
+    chosen: set[int] = set()
+    scores = dict(before)
+    steps: list[dict[str, Any]] = []
+    while len(chosen) < len(structures):
+        tried: dict[str, dict[str, float]] = {}
+        for name, i in structures.items():
+            if i not in chosen:
+                tried[name] = _all_scores([_argmax(p) for p in joint.probs([*chosen, i])], cases, structures)
+        gains = {n: _total_change(s, scores) for n, s in tried.items()}
+        best = max(gains, key=lambda n: gains[n])
+        steps.append({"refined": [n for n, i in structures.items() if i in chosen],
+                      "total_dice_change_if_added": gains, "dice_if_added": tried})
+        if gains[best] <= margin:
+            break
+        chosen.add(structures[best])
+        scores = tried[best]
+        joint.keep_extensions_of(chosen)
+    names = [n for n, i in structures.items() if i in chosen]
+    maps = [_argmax(p) for p in joint.probs(list(chosen))] if chosen else None
+    return {"structures": names, "dice": scores, "total_change": _total_change(scores, before),
+            "steps": steps, "maps": maps}
 
 
 def tune(cases: Sequence[ValidationCase], labels: Mapping[str, int], margin: float = DEFAULT_MARGIN,
          crf_grid: Sequence[Mapping[str, float]] = CRF_GRID) -> dict[str, Any]:
-    """Choose the post-processing per structure; returns ``postprocessing.json``'s content
-    (without the provenance fields)."""
+    """Choose the post-processing; returns ``postprocessing.json``'s content (without the
+    provenance fields). Every ``dice_after`` is that of :func:`apply_choice` with the
+    chosen ``inference`` section on ``cases``."""
     if not cases:
         raise ValueError("no validation case to tune on")
-    structures = {n: i for n, i in labels.items() if i != 0}
+    structures = dict(sorted(((n, i) for n, i in labels.items() if i != 0), key=lambda item: item[1]))
     base = [_argmax(c.probs.float()) for c in cases]
-    before = {n: _score(base, cases, i) for n, i in structures.items()}
-    # stage 1: CRF, one parameter set shared by the structures it helps
-    crf_maps: list[dict[str, list[np.ndarray]]] = []
-    crf_dice: list[dict[str, float]] = []
-    for params in crf_grid:
-        cfg = CrfConfig(**params)  # type: ignore[arg-type]
-        refined = {n: _crf_maps(cases, cfg, n, labels) for n in structures}
-        crf_maps.append(refined)
-        crf_dice.append({n: _score(refined[n], cases, structures[n]) for n in structures})
-    gains = [sum(d[n] - before[n] for n in structures if d[n] - before[n] > margin) for d in crf_dice]
-    best = int(np.argmax(gains)) if gains and max(gains) > 0 else None
+    before = _all_scores(base, cases, structures)
+    # stage 1: the CRF, one parameter set, the structures it refines chosen jointly
+    searches = [_crf_search(cases, labels, structures, before, params, margin) for params in crf_grid]
+    gains = [s["total_change"] if s["structures"] else 0.0 for s in searches]
+    best = int(np.argmax(gains)) if gains and max(gains) > margin else None
+    crf_search = searches[best] if best is not None else None
+    maps = [m.copy() for m in crf_search["maps"]] if crf_search is not None else [m.copy() for m in base]
+    after_crf = dict(crf_search["dice"]) if crf_search is not None else dict(before)
     report: dict[str, Any] = {}
     inference: dict[str, Any] = {"keep_largest_component": [], "min_component_ml": {}, "fill_holes": []}
-    crf_structures = []
+    # stage 2, per structure: connected components (a step changes only its structure's
+    # voxels, to background, so it changes no other structure's Dice)
     for name, label in structures.items():
         trials: dict[str, float] = {"none": before[name]}
-        for k, d in enumerate(crf_dice):
-            trials[f"crf_{k}"] = d[name]
-        use_crf = best is not None and crf_dice[best][name] - before[name] > margin
-        maps = crf_maps[best][name] if use_crf and best is not None else base
-        current = crf_dice[best][name] if use_crf and best is not None else before[name]
-        if use_crf:
-            crf_structures.append(name)
-        # stage 2: connected components
+        for k, s in enumerate(searches):
+            trials[f"crf_{k}"] = s["dice"][name]
+        current = after_crf[name]
         vols = [float((c.label == label).sum()) * float(np.prod(c.spacing)) / 1000.0 for c in cases]
         median_ml = float(np.median([v for v in vols if v > 0])) if any(v > 0 for v in vols) else 0.0
         options: dict[str, float | None] = {"largest_component": None}  # name -> island volume, mL
@@ -210,32 +307,38 @@ def tune(cases: Sequence[ValidationCase], labels: Mapping[str, int], margin: flo
             trials[key] = score
             if score > current + margin:
                 component, current, best_maps = key, score, candidate
+        maps = best_maps
         if component == "largest_component":
             inference["keep_largest_component"].append(name)
         elif component != "none":
             inference["min_component_ml"][name] = options[component]
-        # stage 3: hole filling
-        filled = [m.copy() for m in best_maps]
+        report[name] = {"label": label, "crf": crf_search is not None and name in crf_search["structures"],
+                        "components": component, "trials": trials}
+    # stage 3, in label order after every component step (as predict applies them): hole
+    # filling turns only background into the structure
+    for name, label in structures.items():
+        filled = [m.copy() for m in maps]
         for m in filled:
             fill_holes(m, label)
         score = _score(filled, cases, label)
-        trials["fill_holes"] = score
-        holes = score > current + margin
+        report[name]["trials"]["fill_holes"] = score
+        holes = score > _score(maps, cases, label) + margin
         if holes:
-            current = score
+            maps = filled
             inference["fill_holes"].append(name)
-        report[name] = {
-            "label": label, "crf": use_crf, "components": component, "fill_holes": holes,
-            "dice_before": before[name], "dice_after": current, "trials": trials,
-        }
-    if crf_structures and best is not None:
-        inference["crf"] = dataclasses.asdict(
-            dataclasses.replace(CrfConfig(**crf_grid[best]), enabled=True, structures=crf_structures))  # type: ignore[arg-type]
+        report[name]["fill_holes"] = holes
+    if crf_search is not None and best is not None:
+        inference["crf"] = dataclasses.asdict(crf_config(crf_grid[best], crf_search["structures"]))
+    after = _all_scores(maps, cases, structures)
+    for name in structures:
+        report[name] |= {"dice_before": before[name], "dice_after_crf": after_crf[name], "dice_after": after[name]}
     return {
         "margin": margin, "cases": [c.name for c in cases],
         "crf_grid": [dict(g) for g in crf_grid], "crf_choice": best,
+        "crf_search": [{"structures": s["structures"], "total_dice_change": s["total_change"], "steps": s["steps"]}
+                       for s in searches],
         "mean_dice_before": _mean(list(before.values())),
-        "mean_dice_after": _mean([r["dice_after"] for r in report.values()]),
+        "mean_dice_after": _mean(list(after.values())),
         "structures": report, "inference": inference,
     }
 
