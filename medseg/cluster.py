@@ -17,6 +17,10 @@ RESULTS.md, "Batch extras and Dask"). :data:`LOCAL_WORKER_CONFIG` unsets it for 
 On a cluster started elsewhere (``dask worker``, dask-jobqueue) set the same in the workers'
 Dask configuration (``distributed: nanny: pre-spawn-environ: MALLOC_TRIM_THRESHOLD_: null``)
 or environment.
+
+``evaluate`` starts its local workers by forking itself (``dask_client(..., fork=True)``): a
+spawned worker imports ``distributed`` and then the metrics (numpy, scipy, the readers) at its
+first task, ~1 s of CPU each, a quarter of a 52-case hippocampus evaluation on 2 cores.
 """
 
 from __future__ import annotations
