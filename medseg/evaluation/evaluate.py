@@ -19,6 +19,7 @@ Outputs in ``output_dir``:
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -28,7 +29,7 @@ import os
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, as_completed
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -37,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from medseg import __version__
-from medseg.cluster import parse_scheduler
+from medseg.cluster import dask_executor, parse_scheduler
 from medseg.evaluation.aggregate import (
     clean_json,
     describe,
@@ -87,35 +88,27 @@ def _pool(workers: int, n_cases: int) -> ProcessPoolExecutor | None:
     return ProcessPoolExecutor(max_workers=min(workers, n_cases), mp_context=multiprocessing.get_context(method))
 
 
-def _run_cases(cases: Sequence[CaseInput], settings: Settings, pool: ProcessPoolExecutor | None,
-               progress: bool, workers: int = 1, scheduler: str | None = None) -> list[CaseOutcome]:
+def _run_cases(cases: Sequence[CaseInput], settings: Settings, pool: Executor | None,
+               progress: bool, drawing_workers: int = 0) -> list[CaseOutcome]:
+    """Every case on ``pool`` (here without one); ``drawing_workers``: how many of the pool's
+    workers will draw figures afterwards (they import matplotlib when idle)."""
     bar = tqdm(total=len(cases), desc="evaluate", unit="case", disable=not progress, file=sys.stderr)
     outcomes: dict[str, CaseOutcome] = {}
-
-    def done(index: int, outcome: CaseOutcome) -> None:
-        outcomes[cases[index].name] = outcome
-        bar.update()
-
     try:
-        if scheduler:  # one Dask task per case; a case whose workers died fails with KilledWorker
-            from medseg.cluster import run_tasks
-
-            run_tasks(scheduler, evaluate_case, cases, (settings,), done,
-                      lambda i, err: done(i, _crashed(cases[i], err)))
-        elif pool is None:
+        if pool is None:
             for case in cases:
                 outcomes[case.name] = _safe(case, settings)
                 bar.update()
         else:
             futures = {pool.submit(evaluate_case, c, settings): c for c in cases}
-            for _ in range(min(workers, len(cases))):
+            for _ in range(min(drawing_workers, len(cases))):
                 pool.submit(import_matplotlib)  # queued after the cases: idle workers get ready to draw
             import_matplotlib()  # and this process, while the workers compute
             for future in as_completed(futures):
                 case = futures[future]
                 try:
                     outcomes[case.name] = future.result()
-                except Exception as err:  # a crashed worker fails its case, not the batch
+                except Exception as err:  # a crashed worker (Dask: KilledWorker) fails its case, not the batch
                     outcomes[case.name] = _crashed(case, err)
                 bar.update()
     finally:
@@ -210,21 +203,27 @@ def evaluate(
         except ValueError as err:
             raise EvaluationInputError(str(err)) from err
     workers = default_workers(len(inputs.cases)) if workers is None else workers
-    pool = None if scheduler else _pool(workers, len(inputs.cases))
-    try:
+    with contextlib.ExitStack() as stack:
+        pool: Executor | None
+        if scheduler:  # one Dask task per case; local workers forked from this process (its imports)
+            pool = stack.enter_context(dask_executor(scheduler, fork=True))
+        else:
+            pool = _pool(workers, len(inputs.cases))
+            if pool is not None:
+                stack.callback(pool.shutdown, cancel_futures=True)
         return _evaluate_with(pool, inputs, settings, policy, tolerance, pred_dir, ref, labels, output_dir,
                               workers, resample_pred, group_by, progress, n_worst, n_boot, seed, scheduler)
-    finally:
-        if pool is not None:
-            pool.shutdown(cancel_futures=True)
 
 
-def _evaluate_with(pool: ProcessPoolExecutor | None, inputs: EvaluationInputs, settings: Settings,
+def _evaluate_with(pool: Executor | None, inputs: EvaluationInputs, settings: Settings,
                    policy: EmptyPolicy, tolerance: float | dict[int, float], pred_dir: Path | str,
                    ref: Path | str, labels: Path | str | None, output_dir: Path | str, workers: int,
                    resample_pred: bool, group_by: str | None, progress: bool, n_worst: int, n_boot: int,
                    seed: int, scheduler: str | None = None) -> dict[str, Any]:
-    outcomes = _run_cases(inputs.cases, settings, pool, progress, workers, scheduler)
+    # figures: on the process pool; with Dask in this process, as before (matplotlib would be one
+    # more import per worker, and a remote worker may not have it)
+    figure_pool = None if scheduler else pool
+    outcomes = _run_cases(inputs.cases, settings, pool, progress, workers if figure_pool is not None else 0)
     structures = inputs.structures or {
         i: f"label_{i}" for i in sorted({i for o in outcomes for i in o.label_ids})
     }
@@ -243,7 +242,7 @@ def _evaluate_with(pool: ProcessPoolExecutor | None, inputs: EvaluationInputs, s
         },
         **_summary(inputs, outcomes, rows, structures, n_worst, n_boot, seed, group_by),
     })
-    figures = FigureJobs(pool, rows, structures, summary["pooled"], summary["worst_cases"],
+    figures = FigureJobs(figure_pool, rows, structures, summary["pooled"], summary["worst_cases"],
                          {c.name: c for c in inputs.cases}, resample_pred)
     _write_outputs(Path(output_dir), summary, rows, inputs, outcomes, structures, figures)
     return summary
