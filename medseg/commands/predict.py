@@ -60,7 +60,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                    help="3D fully connected CRF on the probabilities, per structure in its bounding box "
                         "(inference.crf.* settings; default: the config's inference.crf.enabled)")
     p.add_argument("--block-mb", type=int_at_least(1), metavar="MB",
-                   help="memory for the class probabilities of one block of the network grid (default 384): "
+                   help="memory for the class probabilities of one block of the network grid (default 512): "
                         "fewer, larger blocks evaluate fewer windows twice; memory does not grow with "
                         "classes x volume either way")
     p.set_defaults(func=run)

@@ -40,12 +40,11 @@ from medseg.inference.resample import running_argmax
 from medseg.inference.window import _logits_only, flips_for, predict_probabilities
 from medseg.models.head import SplitNetwork, split_head
 
-BLOCK_BYTES = 384 * 2**20
+BLOCK_BYTES = 512 * 2**20
 """Default budget (bytes) of one block's state (:func:`bytes_per_voxel`). The 256x256x300
 network grid of a 512x512x300 CT at 1.6 mm with 3 classes (20 bytes a voxel: 394 MB) stays
 one block, so the common case evaluates every window once; a DynUNet with 118 classes
-(features: 40 bytes a voxel) gets two even whole-plane blocks, 1.29x the windows, and peaks
-~80 MB lower than with 512 MiB (two uneven blocks, 1.22x the windows): under 1.3 GB
+(features: 40 bytes a voxel) gets two whole-plane blocks, 1.22x the windows
 (benchmarks/RESULTS.md, "Many classes")."""
 
 WINDOW_BYTES = 128 * 2**20
