@@ -55,7 +55,7 @@ def _openvino(fp32: Path, int8: Path, x: np.ndarray) -> dict[str, float]:
     core = ov.Core()
     out = {}
     for key, path in (("openvino_fp32", fp32), ("openvino_int8", int8)):
-        compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1})
+        compiled = core.compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": 1, "INFERENCE_PRECISION_HINT": "f32"})
         out[key] = _rate(lambda a, c=compiled: c(a), x)
     return out
 

@@ -28,7 +28,11 @@ class OpenVinoNetwork(torch.nn.Module):
 
         # as many threads as torch uses (OMP_NUM_THREADS / torch.set_num_threads): OpenVINO's own
         # default takes every core, which would make fp32 torch and int8 incomparable
-        self.compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads()})
+        # f32: on CPUs with native bf16 (AVX512-BF16, AMX) OpenVINO otherwise runs every op that is not
+        # int8 in bf16, ~5e-3 off torch's fp32 output on a random conv net (tests/deploy/test_runtime.py)
+        self.compiled = ov.Core().compile_model(
+            str(path), "CPU", {"INFERENCE_NUM_THREADS": torch.get_num_threads(), "INFERENCE_PRECISION_HINT": "f32"}
+        )
         self.anchor = torch.nn.Parameter(torch.zeros(0), requires_grad=False)  # device probe for the window
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
