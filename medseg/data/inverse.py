@@ -4,7 +4,7 @@ Beside the forward preprocessing on purpose: every step of ``prepare_case`` has 
 here or in :mod:`medseg.data.grid`.
 
 1. linear resampling from the network grid back to the cropped canonical grid uses
-   :func:`linear_taps`: the same interpolation and field-of-view convention
+   :func:`linear_taps` (the forward resampling's own, re-exported here): the same interpolation and field-of-view convention
    (``align_corners=False``) as the forward resampling, so the network grid maps back onto
    exactly the input's voxel centres (the argmax of resampled class probabilities is taken
    by :mod:`medseg.inference.resample`);
@@ -20,22 +20,9 @@ import numpy as np
 from nibabel.orientations import inv_ornt_aff
 
 from medseg.data.grid import AFFINE_ATOL_MM, affine_difference, inverse_ornt, reorient, to_canonical
-from medseg.data.preprocess import PreparedCase
+from medseg.data.preprocess import PreparedCase, linear_taps
 
-
-def linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Two-tap linear interpolation from ``n_in`` to ``n_out`` samples, align_corners=False.
-
-    Returns (i0, i1, w1): output sample j is ``(1 - w1[j]) * x[i0[j]] + w1[j] * x[i1[j]]``.
-    Same convention as PyTorch's ``F.interpolate(..., align_corners=False)``: the source
-    coordinate of output j is ``(j + 0.5) * n_in / n_out - 0.5``, clamped at 0.
-    """
-    scale = n_in / n_out
-    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = (src - i0).astype(np.float32)
-    return i0, i1, w1
+__all__ = ["input_shape", "labels_to_input", "linear_taps"]
 
 
 def labels_to_input(labels_crop: np.ndarray, prepared: PreparedCase, input_affine: np.ndarray) -> np.ndarray:

@@ -95,14 +95,19 @@ SLAB_BYTES = 64 * 2**20
 """An image whose float32 copy is larger is resampled in slabs along Z (:func:`resample_image`)."""
 
 
-def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """F.interpolate's linear taps (align_corners=False) along one axis: the two source rows
-    of each output row and the weight of the second, computed as PyTorch does in float32."""
-    scale = np.float32(n_in) / np.float32(n_out)
-    src = np.maximum((np.arange(n_out, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5), 0)
-    i0 = src.astype(np.int64)
+def linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Two-tap linear interpolation from ``n_in`` to ``n_out`` samples, align_corners=False.
+
+    Returns (i0, i1, w1): output sample j is ``(1 - w1[j]) * x[i0[j]] + w1[j] * x[i1[j]]``.
+    Same convention as PyTorch's ``F.interpolate(..., align_corners=False)``: the source
+    coordinate of output j is ``(j + 0.5) * n_in / n_out - 0.5``, clamped at 0.
+    """
+    scale = n_in / n_out
+    src = np.maximum((np.arange(n_out, dtype=np.float64) + 0.5) * scale - 0.5, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    return i0, i1, (src - i0).astype(np.float32)
+    w1 = (src - i0).astype(np.float32)
+    return i0, i1, w1
 
 
 def resample_image(array: np.ndarray, new_shape: tuple[int, ...]) -> np.ndarray:
@@ -111,7 +116,7 @@ def resample_image(array: np.ndarray, new_shape: tuple[int, ...]) -> np.ndarray:
 
     Up to :data:`SLAB_BYTES` of float32 this is :func:`resample` on one float32 copy. A larger
     image (a CT: 157 MB as int16, 315 MB as float32) goes in slabs along Z: each slab is
-    converted, interpolated along Z with F.interpolate's taps and then in-plane by its
+    converted, interpolated along Z with :func:`linear_taps` and then in-plane by its
     bilinear mode, so no float32 copy of the whole input ever exists. The result equals the
     one-pass trilinear interpolation up to float rounding (separable weights; exact where an
     axis keeps its size).
@@ -122,7 +127,7 @@ def resample_image(array: np.ndarray, new_shape: tuple[int, ...]) -> np.ndarray:
         return resample(np.array(array, dtype=np.float32, order="C"), shape, order=1).numpy()
     nx, ny, nz = shape
     out = np.empty((c, nx, ny, nz), dtype=np.float32)
-    i0, i1, lam = _linear_taps(z, nz)
+    i0, i1, lam = linear_taps(z, nz)
     step = max(1, SLAB_BYTES // (c * x * y * 4 * 2))  # output slices per slab (<= 2 source slices each)
     for a in range(0, nz, step):
         b = min(nz, a + step)

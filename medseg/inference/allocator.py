@@ -4,7 +4,8 @@ Prediction allocates and frees tensors of 8-40 MB per window batch (activations,
 outputs) next to a few long-lived arrays (the network-grid image, the label map, a block's
 accumulators). glibc's malloc raises its mmap threshold to the largest block freed so far
 (up to 32 MB), after which such tensors come from the heap, and the heap keeps freed memory
-resident: ~90 MB of the 512x512x300 CT's peak (benchmarks/RESULTS.md, "Many classes").
+resident: ~90 MB after a warm-up prediction for the 512x512x300 CT benchmark (629 MB resident
+against 541 MB when large blocks are mapped on their own).
 ``malloc_trim(0)`` after each phase (the input prepared, each block reduced to labels)
 returns the free pages, at the cost of one call per phase.
 

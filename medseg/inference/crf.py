@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from medseg.config import CrfConfig, suggest
+from medseg.data.preprocess import linear_taps
 from medseg.inference.permutohedral import Lattice
 
 EPS = 1e-6
@@ -220,11 +221,7 @@ def _upsampled_rows(q: torch.Tensor, shape: Sequence[int]) -> Callable[[slice], 
     (x, y, z) to ``shape``, one slab of rows along X at a time: bilinear over Y and Z once
     (x Y Z values), then linear along X per requested slab."""
     yz = F.interpolate(q[None], size=tuple(shape[1:]), mode="bilinear", align_corners=False)[0]
-    n_in, n_out = q.shape[0], shape[0]
-    src = ((torch.arange(n_out, dtype=torch.float64) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
-    lo = src.floor().long().clamp_max(n_in - 1)
-    hi = (lo + 1).clamp_max(n_in - 1)
-    w = (src - lo).to(torch.float32)
+    lo, hi, w = (torch.from_numpy(a) for a in linear_taps(q.shape[0], shape[0]))
 
     def rows(s: slice) -> torch.Tensor:
         ws = w[s][:, None, None]
