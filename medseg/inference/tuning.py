@@ -6,8 +6,10 @@ cases, predicted by that fold's network: out-of-fold), or every labelled case of
 manifest (predicted by the whole ensemble), are predicted once; their class probabilities
 are kept on the network grid together with the network input and the reference label
 resampled to that grid (float16 probabilities: memory ~ 2 bytes x classes x voxels per case).
-Then, each stage keeping a candidate only when it raises mean validation Dice by more than
-``margin``:
+Then, each stage keeping a candidate only when it is *supported* (:func:`supported`): it
+raises mean validation Dice by more than ``margin`` and the gain is consistent across cases
+(the one-sided Student-t lower bound of the mean per-case gain at ``confidence`` is above
+zero), so that one or two lucky cases do not choose a step:
 
 1. CRF (:mod:`medseg.inference.crf`) with one of a small grid of parameter sets, or none.
    Refining one structure rescales the other classes' probabilities in its box, so a
@@ -66,6 +68,8 @@ from medseg.utils import atomic_write_text
 
 DEFAULT_MARGIN = 0.002
 """Minimum gain in mean validation Dice for a step to be kept."""
+DEFAULT_CONFIDENCE = 0.9
+"""One-sided confidence that a kept step's mean per-case gain is positive (:func:`supported`)."""
 CRF_GRID: tuple[dict[str, float], ...] = (
     {},
     {"bilateral_weight": 5.0, "bilateral_sigma_mm": 5.0},
@@ -162,8 +166,40 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+def _case_dice(maps: Sequence[np.ndarray], cases: Sequence[ValidationCase], label: int) -> np.ndarray:
+    """Per-case Dice of ``label`` (NaN where prediction and reference are both empty)."""
+    return np.array([_dice(m == label, c.label == label) for m, c in zip(maps, cases, strict=True)], dtype=np.float64)
+
+
 def _score(maps: Sequence[np.ndarray], cases: Sequence[ValidationCase], label: int) -> float:
-    return _mean([_dice(m == label, c.label == label) for m, c in zip(maps, cases, strict=True)])
+    return _mean(list(_case_dice(maps, cases, label)))
+
+
+def case_gains(after: np.ndarray, before: np.ndarray) -> np.ndarray:
+    """Per-case Dice change; a case whose prediction and reference are both empty on one side
+    (Dice undefined, i.e. perfect) counts as 1 there; undefined on both sides: no change."""
+    a = np.where(np.isnan(after), 1.0, after)
+    b = np.where(np.isnan(before), 1.0, before)
+    return a - b
+
+
+def supported(gains: np.ndarray, mean_gain: float, margin: float, confidence: float) -> bool:
+    """Whether a step with these per-case Dice ``gains`` (:func:`case_gains`, summed over
+    the structures it changes) and this change of mean Dice is kept: ``mean_gain`` above
+    ``margin`` and, unless ``confidence`` is 0, the one-sided Student-t lower bound at
+    ``confidence`` of the mean per-case gain above zero (at least two cases; identical gains
+    on every case need no spread)."""
+    if not mean_gain > margin:
+        return False
+    if confidence <= 0:
+        return True
+    if len(gains) < 2:
+        return False
+    from scipy.stats import t
+
+    spread = float(np.std(gains, ddof=1))
+    bound = float(np.mean(gains)) - float(t.ppf(confidence, len(gains) - 1)) * spread / math.sqrt(len(gains))
+    return bound > 0
 
 
 def _argmax(probs: torch.Tensor) -> np.ndarray:
@@ -224,8 +260,22 @@ class _JointCrf:
                 del self.cache[key]
 
 
+def _all_case_dice(maps: Sequence[np.ndarray], cases: Sequence[ValidationCase], structures: Mapping[str, int]
+                   ) -> dict[str, np.ndarray]:
+    return {n: _case_dice(maps, cases, i) for n, i in structures.items()}
+
+
+def _means(per_case: Mapping[str, np.ndarray]) -> dict[str, float]:
+    return {n: _mean(list(v)) for n, v in per_case.items()}
+
+
 def _all_scores(maps: Sequence[np.ndarray], cases: Sequence[ValidationCase], structures: Mapping[str, int]) -> dict[str, float]:
-    return {n: _score(maps, cases, i) for n, i in structures.items()}
+    return _means(_all_case_dice(maps, cases, structures))
+
+
+def _total_case_gains(after: Mapping[str, np.ndarray], before: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Per-case sum over structures of the Dice change."""
+    return np.sum([case_gains(after[n], before[n]) for n in before], axis=0)
 
 
 def _total_change(after: Mapping[str, float], before: Mapping[str, float]) -> float:
@@ -234,48 +284,61 @@ def _total_change(after: Mapping[str, float], before: Mapping[str, float]) -> fl
 
 
 def _crf_search(cases: Sequence[ValidationCase], labels: Mapping[str, int], structures: Mapping[str, int],
-                before: Mapping[str, float], params: Mapping[str, float], margin: float) -> dict[str, Any]:
+                before: Mapping[str, np.ndarray], params: Mapping[str, float], margin: float,
+                confidence: float) -> dict[str, Any]:
     """Greedy forward selection of the structures refined together with ``params``: each
-    round adds the structure whose joint refinement (with those already chosen) raises the
-    sum over *all* structures of the mean Dice change most, if by more than ``margin``."""
+    round adds, among the structures whose joint refinement (with those already chosen) is
+    :func:`supported` on the sum over *all* structures of the Dice change, the one that
+    raises that sum's mean most."""
     joint = _JointCrf(cases, params, labels)
     chosen: set[int] = set()
-    scores = dict(before)
+    current = dict(before)
     steps: list[dict[str, Any]] = []
     while len(chosen) < len(structures):
-        tried: dict[str, dict[str, float]] = {}
+        tried: dict[str, dict[str, np.ndarray]] = {}
         for name, i in structures.items():
             if i not in chosen:
-                tried[name] = _all_scores([_argmax(p) for p in joint.probs([*chosen, i])], cases, structures)
-        gains = {n: _total_change(s, scores) for n, s in tried.items()}
-        best = max(gains, key=lambda n: gains[n])
+                tried[name] = _all_case_dice([_argmax(p) for p in joint.probs([*chosen, i])], cases, structures)
+        gains = {n: _total_change(_means(s), _means(current)) for n, s in tried.items()}
+        kept = {n: supported(_total_case_gains(s, current), gains[n], margin, confidence) for n, s in tried.items()}
         steps.append({"refined": [n for n, i in structures.items() if i in chosen],
-                      "total_dice_change_if_added": gains, "dice_if_added": tried})
-        if gains[best] <= margin:
+                      "total_dice_change_if_added": gains, "supported_if_added": kept,
+                      "dice_if_added": {n: _means(s) for n, s in tried.items()}})
+        candidates = [n for n in tried if kept[n]]
+        if not candidates:
             break
+        best = max(candidates, key=lambda n: gains[n])
         chosen.add(structures[best])
-        scores = tried[best]
+        current = tried[best]
         joint.keep_extensions_of(chosen)
+    scores = _means(current)
     names = [n for n, i in structures.items() if i in chosen]
     maps = [_argmax(p) for p in joint.probs(list(chosen))] if chosen else None
-    return {"structures": names, "dice": scores, "total_change": _total_change(scores, before),
-            "steps": steps, "maps": maps}
+    return {"structures": names, "dice": scores, "case_dice": current,
+            "total_change": _total_change(scores, _means(before)), "steps": steps, "maps": maps}
 
 
 def tune(cases: Sequence[ValidationCase], labels: Mapping[str, int], margin: float = DEFAULT_MARGIN,
-         crf_grid: Sequence[Mapping[str, float]] = CRF_GRID) -> dict[str, Any]:
+         crf_grid: Sequence[Mapping[str, float]] = CRF_GRID, confidence: float = DEFAULT_CONFIDENCE) -> dict[str, Any]:
     """Choose the post-processing; returns ``postprocessing.json``'s content (without the
     provenance fields). Every ``dice_after`` is that of :func:`apply_choice` with the
-    chosen ``inference`` section on ``cases``."""
+    chosen ``inference`` section on ``cases``. A step is kept where :func:`supported`
+    (``confidence`` 0: on the mean gain and ``margin`` alone)."""
     if not cases:
         raise ValueError("no validation case to tune on")
+    if not 0 <= confidence < 1:
+        raise ValueError(f"confidence {confidence}: expected a number in [0, 1), e.g. 0.9 (0: the margin alone)")
     structures = dict(sorted(((n, i) for n, i in labels.items() if i != 0), key=lambda item: item[1]))
     base = [_argmax(c.probs.float()) for c in cases]
-    before = _all_scores(base, cases, structures)
+    before_cases = _all_case_dice(base, cases, structures)
+    before = _means(before_cases)
     # stage 1: the CRF, one parameter set, the structures it refines chosen jointly
-    searches = [_crf_search(cases, labels, structures, before, params, margin) for params in crf_grid]
+    searches = [_crf_search(cases, labels, structures, before_cases, params, margin, confidence)
+                for params in crf_grid]
     gains = [s["total_change"] if s["structures"] else 0.0 for s in searches]
-    best = int(np.argmax(gains)) if gains and max(gains) > margin else None
+    ok = [bool(s["structures"]) and supported(_total_case_gains(s["case_dice"], before_cases), g, margin, confidence)
+          for s, g in zip(searches, gains, strict=True)]
+    best = max((k for k in range(len(searches)) if ok[k]), key=lambda k: gains[k], default=None)
     crf_search = searches[best] if best is not None else None
     maps = [m.copy() for m in crf_search["maps"]] if crf_search is not None else [m.copy() for m in base]
     after_crf = dict(crf_search["dice"]) if crf_search is not None else dict(before)
@@ -288,6 +351,7 @@ def tune(cases: Sequence[ValidationCase], labels: Mapping[str, int], margin: flo
         for k, s in enumerate(searches):
             trials[f"crf_{k}"] = s["dice"][name]
         current = after_crf[name]
+        current_cases = _case_dice(maps, cases, label)
         vols = [float((c.label == label).sum()) * float(np.prod(c.spacing)) / 1000.0 for c in cases]
         median_ml = float(np.median([v for v in vols if v > 0])) if any(v > 0 for v in vols) else 0.0
         options: dict[str, float | None] = {"largest_component": None}  # name -> island volume, mL
@@ -303,10 +367,11 @@ def tune(cases: Sequence[ValidationCase], labels: Mapping[str, int], margin: flo
                     keep_largest_component(m, label)
                 else:
                     remove_small_components(m, label, ml, c.spacing)
-            score = _score(candidate, cases, label)
+            per_case = _case_dice(candidate, cases, label)
+            score = _mean(list(per_case))
             trials[key] = score
-            if score > current + margin:
-                component, current, best_maps = key, score, candidate
+            if supported(case_gains(per_case, current_cases), score - current, margin, confidence):
+                component, current, current_cases, best_maps = key, score, per_case, candidate
         maps = best_maps
         if component == "largest_component":
             inference["keep_largest_component"].append(name)
@@ -320,9 +385,10 @@ def tune(cases: Sequence[ValidationCase], labels: Mapping[str, int], margin: flo
         filled = [m.copy() for m in maps]
         for m in filled:
             fill_holes(m, label)
-        score = _score(filled, cases, label)
+        per_case, unfilled = _case_dice(filled, cases, label), _case_dice(maps, cases, label)
+        score = _mean(list(per_case))
         report[name]["trials"]["fill_holes"] = score
-        holes = score > _score(maps, cases, label) + margin
+        holes = supported(case_gains(per_case, unfilled), score - _mean(list(unfilled)), margin, confidence)
         if holes:
             maps = filled
             inference["fill_holes"].append(name)
@@ -333,7 +399,7 @@ def tune(cases: Sequence[ValidationCase], labels: Mapping[str, int], margin: flo
     for name in structures:
         report[name] |= {"dice_before": before[name], "dice_after_crf": after_crf[name], "dice_after": after[name]}
     return {
-        "margin": margin, "cases": [c.name for c in cases],
+        "margin": margin, "confidence": confidence, "cases": [c.name for c in cases],
         "crf_grid": [dict(g) for g in crf_grid], "crf_choice": best,
         "crf_search": [{"structures": s["structures"], "total_dice_change": s["total_change"], "steps": s["steps"]}
                        for s in searches],
@@ -345,10 +411,13 @@ def tune(cases: Sequence[ValidationCase], labels: Mapping[str, int], margin: flo
 
 def tune_postprocess(run_dir: Path | str, data: Path | str | None = None, device: str = "cpu",
                      margin: float = DEFAULT_MARGIN, crf: bool = True,
-                     progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                     progress: Callable[[str], None] | None = None,
+                     confidence: float = DEFAULT_CONFIDENCE) -> dict[str, Any]:
     """Predict the validation cases, choose the post-processing, write ``RUN_DIR/postprocessing.json``."""
+    if not 0 <= confidence < 1:  # before any prediction
+        raise ValueError(f"confidence {confidence}: expected a number in [0, 1), e.g. 0.9 (0: the margin alone)")
     cases, labels = validation_cases(run_dir, data, device, progress)
-    result = tune(cases, labels, margin, CRF_GRID if crf else ())
+    result = tune(cases, labels, margin, CRF_GRID if crf else (), confidence)
     result = {
         "medseg_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": str(run_dir), "data": str(data) if data else "split.json validation cases",

@@ -217,3 +217,54 @@ def test_tune_postprocess_command_on_a_tiny_run(tmp_path: Path, capsys: pytest.C
     with_tuned = Predictor.from_checkpoints([run], "cpu")
     assert with_tuned.post.fill_holes == [1]
     assert Predictor.from_checkpoints([run], "cpu", postprocess=False).post.fill_holes == []
+
+
+def _satellite_cases() -> list[ValidationCase]:
+    """An organ (a ball) with a true 8-voxel satellite in cases 0-2 (predicted exactly) and a
+    216-voxel spurious island in case 3: "largest component" gains ~0.11 Dice on case 3 and
+    loses ~0.005 on each other case; its mean gain (~0.023) passes the margin."""
+    shape = (28, 28, 28)
+    cases = []
+    for i in range(4):
+        label = _ball(shape, (10, 10, 10), 6).astype(np.uint8)
+        pred = label.copy()
+        if i < 3:
+            label[22:24, 3:5, 3:5] = 1
+            pred[22:24, 3:5, 3:5] = 1
+        else:
+            pred[20:26, 2:8, 2:8] = 1
+        probs = torch.stack([torch.from_numpy((pred == k).astype(np.float32)) * 0.8 + 0.1 for k in range(2)])
+        cases.append(ValidationCase(f"s{i}", probs.to(torch.float16), (2.0 * label).astype(np.float32)[None], label,
+                                    (1.0, 1.0, 1.0)))
+    return cases
+
+
+def test_a_step_that_one_case_carries_and_the_others_pay_for_is_not_kept() -> None:
+    cases = _satellite_cases()
+    labels = {"background": 0, "organ": 1}
+    organ = tune(cases, labels, margin=0.002, crf_grid=(), confidence=0.0)["structures"]["organ"]
+    # the margin alone keeps it: its mean gain is well above the margin
+    assert organ["components"] == "largest_component"
+    assert organ["dice_after"] > organ["dice_before"] + 0.01
+    consistent = tune(cases, labels, margin=0.002, crf_grid=())["structures"]["organ"]
+    assert consistent["components"] == "none" and consistent["dice_after"] == consistent["dice_before"]
+    assert consistent["trials"]["largest_component"] == organ["dice_after"]
+
+
+def test_supported_needs_the_margin_and_a_consistent_gain() -> None:
+    from medseg.inference.tuning import case_gains, supported
+
+    same = np.full(3, 0.01)
+    assert supported(same, 0.01, 0.002, 0.9)  # identical gains: no spread to doubt
+    assert not supported(same, 0.001, 0.002, 0.9)  # below the margin
+    assert not supported(np.array([0.05]), 0.05, 0.002, 0.9)  # one case: no spread estimate
+    assert supported(np.array([0.05]), 0.05, 0.002, 0.0)  # the margin alone
+    mixed = np.array([0.12, -0.01, -0.01, -0.01])
+    assert not supported(mixed, float(mixed.mean()), 0.002, 0.9)
+    assert supported(mixed, float(mixed.mean()), 0.002, 0.0)
+    many = np.tile(mixed + 0.02, 10)  # the same pattern shifted up, on 40 cases: consistent
+    assert supported(many, float(many.mean()), 0.002, 0.9)
+    # an empty structure predicted empty is perfect: a step that adds voxels there loses 1
+    np.testing.assert_array_equal(case_gains(np.array([0.0, 0.9]), np.array([np.nan, 0.8])), [-1.0, 0.9 - 0.8])
+    with pytest.raises(ValueError, match=r"confidence 1\.0"):
+        tune(_satellite_cases(), {"background": 0, "organ": 1}, crf_grid=(), confidence=1.0)
