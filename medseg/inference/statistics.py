@@ -141,18 +141,18 @@ def count_components(mask: np.ndarray) -> int:
     total, edges, prev_last = 0, [], None
     for s in _slabs(mask.shape):
         lab, n = ndimage.label(mask[s])
-        if n:
-            lab[lab > 0] += total  # global ids
         if prev_last is not None and n:
             first = lab[0]
             both = (prev_last > 0) & (first > 0)
-            if both.any():
-                edges.append(np.unique(np.stack([prev_last[both], first[both]]), axis=1))
-        prev_last = lab[-1].copy()
+            if both.any():  # distinct (previous slab's id, this slab's id) pairs, 0-based global
+                m = total + n
+                code = np.unique((prev_last[both] - 1).astype(np.int64) * m + (first[both] - 1 + total))
+                edges.append(np.stack([code // m, code % m]))
+        prev_last = np.where(lab[-1] > 0, lab[-1] + total, 0)  # global ids, the boundary plane only
         total += n
     if not edges or total == 0:
         return total
-    pairs = np.concatenate(edges, axis=1) - 1
+    pairs = np.concatenate(edges, axis=1)
     graph = coo_matrix((np.ones(pairs.shape[1], np.int8), (pairs[0], pairs[1])), shape=(total, total))
     return int(connected_components(graph, directed=False)[0])
 
