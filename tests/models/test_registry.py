@@ -21,11 +21,46 @@ def test_every_network_maps_patch_to_class_logits(name, dims):
     assert y.shape == (1, 3, *([16] * dims))
 
 
-def test_residual_unet_has_residual_units_and_attention_differs():
+def test_residual_unet_has_residual_units():
     res = build_network(ModelConfig(name="residual_unet", channels=[4, 8]), 1, 2)
     plain = build_network(ModelConfig(name="unet", channels=[4, 8]), 1, 2)
     assert any("residual" in n for n, _ in res.named_modules())
     assert not any("residual" in n for n, _ in plain.named_modules())
+
+
+def test_attention_unet_gates_its_skip_connections_by_the_decoder_signal():
+    """Each skip connection x reaches the decoder as x * psi(g, x): voxel-wise coefficients in
+    (0, 1) that vary over the image and depend on the decoder's gating signal g."""
+    from monai.networks.nets.attentionunet import AttentionBlock
+
+    torch.manual_seed(0)
+    net = build_network(ModelConfig(name="attention_unet", channels=[4, 8, 16]), 1, 2).eval()
+    gates = [m for m in net.modules() if isinstance(m, AttentionBlock)]
+    assert len(gates) == 2  # one per skip connection
+    seen: list[tuple[AttentionBlock, torch.Tensor, torch.Tensor, torch.Tensor]] = []
+
+    def hook(module: AttentionBlock, args: tuple, kwargs: dict, out: torch.Tensor) -> None:
+        g = args[0] if args else kwargs["g"]
+        x = args[1] if len(args) > 1 else kwargs["x"]
+        seen.append((module, g, x, out))
+
+    handles = [g.register_forward_hook(hook, with_kwargs=True) for g in gates]
+    with torch.no_grad():
+        net(torch.randn(1, 1, 16, 16, 16))
+    for h in handles:
+        h.remove()
+    assert {id(m) for m, *_ in seen} == {id(m) for m in gates}
+    for gate, g, x, out in seen:
+        nonzero = x != 0
+        coeff = torch.where(nonzero, out / torch.where(nonzero, x, 1.0), float("nan"))
+        per_voxel = torch.nanmean(coeff, dim=1, keepdim=True)
+        valid = nonzero.any(dim=1, keepdim=True).expand_as(coeff) & nonzero
+        assert bool(((coeff[valid] > 0) & (coeff[valid] < 1)).all())
+        # one coefficient per voxel, shared by every channel of x
+        torch.testing.assert_close(coeff[valid], per_voxel.expand_as(coeff)[valid], rtol=1e-4, atol=1e-6)
+        assert float(per_voxel[per_voxel == per_voxel].std()) > 1e-3  # varies over the image
+        with torch.no_grad():
+            assert not torch.allclose(gate(torch.randn_like(g), x), out)  # another gating signal, another gate
 
 
 def test_deep_supervision_only_where_supported():

@@ -100,6 +100,17 @@ def test_families_train(phantoms, tmp_path, extra):
     assert result.best_checkpoint is not None and result.best_checkpoint.exists()
 
 
+def test_early_stopping_stops_when_validation_stops_improving(phantoms, tmp_path):
+    """A learning rate too small to change any prediction: validation Dice is flat, so with
+    patience 1 training ends after its second validation instead of running all 8 epochs."""
+    frozen = ["trainer.max_epochs=8", "optim.lr=1e-12", "optim.warmup_epochs=0"]
+    stopped = train(tiny_cfg(phantoms, *frozen, "trainer.early_stopping_patience=1"), tmp_path / "stopped")
+    summary = json.loads((tmp_path / "stopped" / "train_summary.json").read_text(encoding="utf-8"))
+    assert summary["epochs"] == 2 and stopped.best_val_dice is not None
+    train(tiny_cfg(phantoms, *frozen), tmp_path / "full")
+    assert json.loads((tmp_path / "full" / "train_summary.json").read_text(encoding="utf-8"))["epochs"] == 8
+
+
 def test_resume_continues_from_last_checkpoint(phantoms, tmp_path):
     run = tmp_path / "run"
     train(tiny_cfg(phantoms, "trainer.max_epochs=1"), run)
