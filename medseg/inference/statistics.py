@@ -66,9 +66,11 @@ def case_statistics(
     """
     if image is not None and image.shape != labels.shape:
         raise ValueError(f"{case}: image {image.shape} and label map {labels.shape} are not on the same grid")
-    labels = np.ascontiguousarray(labels)  # slabs along axis 0 are contiguous (a reoriented map may be a view)
-    if image is not None:
-        image = np.ascontiguousarray(image)
+    # work on C-ordered arrays (slabs along axis 0 are contiguous): a Fortran-ordered map and
+    # image (NIfTI's order, as medseg predict has them) are used transposed, not copied
+    labels, image, flipped = _working_order(labels, image)
+    if flipped:
+        boxes = [None if b is None else tuple(b[::-1]) for b in boxes] if boxes is not None else None
     affine = np.asarray(affine, dtype=np.float64)
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     structures = sorted((int(v), k) for k, v in label_map.items() if int(v) != 0)
@@ -98,10 +100,22 @@ def case_statistics(
             mask = labels[box] == label_id
             row["components"] = count_components(mask)
             idx = centroid_index(mask) + [s.start for s in box]
+            if flipped:
+                idx = idx[::-1]
             world = affine[:3, :3] @ idx + affine[:3, 3]
             row.update(centroid_x_mm=_fmt(world[0]), centroid_y_mm=_fmt(world[1]), centroid_z_mm=_fmt(world[2]))
         rows.append(row)
     return rows
+
+
+def _working_order(labels: np.ndarray, image: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, bool]:
+    """C-contiguous arrays with the same voxels: both as given, or both transposed (axes
+    reversed; the flag says so) when they are Fortran-ordered, else copies of the ones that
+    are neither (e.g. a flipped view)."""
+    arrays = [labels] + ([image] if image is not None else [])
+    flipped = not labels.flags.c_contiguous and all(a.T.flags.c_contiguous for a in arrays)
+    out = [np.ascontiguousarray(a.T if flipped else a) for a in arrays]
+    return out[0], (out[1] if image is not None else None), flipped
 
 
 QUANTILES = (0.05, 0.5, 0.95)

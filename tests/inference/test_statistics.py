@@ -174,3 +174,44 @@ def test_components_counted_slab_by_slab_match_scipy(monkeypatch: pytest.MonkeyP
     snake[0, :, 0] = snake[0, 2, :] = True
     monkeypatch.setattr(statistics, "_SLAB_VOXELS", 9)
     assert statistics.count_components(snake) == 1
+
+
+@pytest.mark.parametrize("kind", ["hu_float", "real_float"])
+def test_fortran_ordered_inputs_give_the_same_rows_without_copies(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """NIfTI's memory order (what medseg predict hands over) is used transposed, not copied; a
+    non-cubic grid, an anisotropic affine with an offset and the caller's bounding boxes: the
+    rows are those of the C-ordered arrays. A flipped view is still copied and agrees too."""
+    from scipy import ndimage
+
+    from medseg.inference import statistics
+
+    rng = np.random.default_rng(1)
+    labels = np.zeros((30, 20, 25), np.uint8)
+    labels[3:12, 4:15, 2:9] = 1
+    labels[18:27, 2:6, 10:24] = 2
+    labels[20:22, 15:19, 3:5] = 2  # a second component
+    labels[rng.random(labels.shape) < 0.02] = 3
+    image = {"hu_float": rng.integers(-1024, 3000, labels.shape).astype(np.float32),
+             "real_float": rng.normal(0, 100, labels.shape).astype(np.float32)}[kind]
+    affine = np.array([[0.7, 0, 0, -10], [0, -1.1, 0, 5], [0, 0, 2.5, 30], [0, 0, 0, 1.0]])
+    names = {"a": 1, "b": 2, "c": 3}
+    want = case_statistics("c", labels, image, affine, names)
+    copies: list[tuple[int, ...]] = []
+    real = np.ascontiguousarray
+
+    def counting(a: np.ndarray, *args: object, **kwargs: object) -> np.ndarray:
+        if not a.flags.c_contiguous:
+            copies.append(a.shape)
+        return real(a, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(statistics.np, "ascontiguousarray", counting)
+    f_labels, f_image = np.asfortranarray(labels), np.asfortranarray(image)
+    assert case_statistics("c", f_labels, f_image, affine, names, ndimage.find_objects(f_labels)) == want
+    assert copies == []
+    flip_x = np.array([[-1, 0, 0, 29], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])  # i' = 29 - i
+    flipped = case_statistics("c", labels[::-1], image[::-1], affine @ flip_x, names)
+    assert copies  # a flipped view is copied
+    for a, b in zip(flipped, want, strict=True):
+        assert a["voxels"] == b["voxels"] and a["components"] == b["components"] and a["mean"] == b["mean"]
+        for axis in "xyz":
+            assert float(str(a[f"centroid_{axis}_mm"])) == pytest.approx(float(str(b[f"centroid_{axis}_mm"])), abs=1e-9)
