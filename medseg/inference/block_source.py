@@ -26,8 +26,11 @@ import torch
 
 from medseg.models.head import PointwiseHead
 
-SLAB_BYTES = 64 * 2**20
-"""Budget (bytes) of the class probabilities of one slab (:meth:`BlockSource.slabs`)."""
+SLAB_BYTES = 32 * 2**20
+"""Budget (bytes) of the class probabilities of one slab (:meth:`BlockSource.slabs`) and of
+one chunk of classes interpolated to the output grid (``medseg.inference.resample``). 64 MiB
+chunks put the 118-class CT's peak in the resampling of its first block (benchmarks/RESULTS.md,
+"Many classes"); slabs this size are still large enough for vectorised work."""
 
 
 def softmax_(logits: torch.Tensor) -> torch.Tensor:

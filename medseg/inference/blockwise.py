@@ -19,8 +19,8 @@ and the softmax slab by slab. The result is the same (blending is linear) but ne
 windows nor the block ever hold ``classes x voxels``: with 118 classes and F = 8 a block
 holds 15x fewer numbers and the windows run at the configured batch size.
 
-Memory per block voxel: :func:`bytes_per_voxel`; plus one window batch of network output,
-bounded by :data:`WINDOW_BYTES`, and one slab of probabilities
+Memory per block voxel: :func:`bytes_per_voxel`; plus one window batch of network output
+and activations, bounded by :data:`WINDOW_BYTES` (:func:`window_batch`), and one slab of probabilities
 (:data:`medseg.inference.block_source.SLAB_BYTES`).
 """
 
@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from monai.data.utils import compute_importance_map
 
-from medseg.config import PipelineConfig, network_strides
+from medseg.config import ModelConfig, PipelineConfig, network_strides
 from medseg.inference.block_source import BlockSource, FeatureMember, softmax_
 from medseg.inference.blocks import BlockPlan, Box, WindowGrid, intersects, plan_blocks, window_grid
 from medseg.inference.resample import running_argmax
@@ -47,8 +47,17 @@ one block, so the common case evaluates every window once; a DynUNet with 118 cl
 (features: 40 bytes a voxel) gets two whole-plane blocks, 1.22x the windows
 (benchmarks/RESULTS.md, "Many classes")."""
 
-WINDOW_BYTES = 128 * 2**20
-"""Budget of one batch of window logits: ``sw_batch_size`` shrinks for many classes."""
+WINDOW_BYTES = 192 * 2**20
+"""Budget of one window batch: its outputs (and their flipped copy) and the network's
+activations (:func:`window_batch`); ``sw_batch_size`` shrinks below the configured one for
+many classes or wide full-resolution levels."""
+
+ACTIVATION_MAPS = 7
+"""Full-resolution feature maps of the first level's width alive at once in one window's
+forward pass (convolution, normalisation and activation outputs, the skip, the up-sampled
+and concatenated decoder maps). Measured on the many-class benchmark's DynUNet (8-16-32-64,
+64^3 windows, CPU): each window more in a batch raised the peak by ~56 MB, 6.7 such maps;
+batch 2 ran as many windows per second as batch 4 on 2 cores (benchmarks/RESULTS.md)."""
 
 
 def network_grid(cfg: PipelineConfig, shape: Sequence[int]) -> WindowGrid:
@@ -141,14 +150,32 @@ def feature_split(net: torch.nn.Module, cfg: PipelineConfig, num_classes: int, i
     return split if split.head.in_channels * passes < num_classes * (2 if passes > 1 else 1) else None
 
 
+def full_resolution_width(model: ModelConfig) -> float:
+    """Channels per window voxel of the network's widest full-resolution level: its first
+    level's, an eighth of it where MONAI's UNet applies the first stride in its first block
+    (``unet``/``residual_unet`` with ``strides[0] == 2``: no full-resolution level)."""
+    width = float(model.channels[0])
+    strides = network_strides(model)
+    if model.name in ("unet", "residual_unet") and strides and strides[0] == 2:
+        width /= 2 ** model.spatial_dims
+    return width
+
+
+def window_batch(cfg: PipelineConfig, roi: Sequence[int], channels: int) -> int:
+    """Windows per network call: ``inference.sw_batch_size``, fewer where a batch's outputs
+    (``channels`` per voxel, and their flipped copy) and activations
+    (:data:`ACTIVATION_MAPS` x :func:`full_resolution_width`) exceed :data:`WINDOW_BYTES`."""
+    roi_voxels = 1
+    for r in roi:
+        roi_voxels *= r
+    per_window = roi_voxels * 4 * (2 * channels + ACTIVATION_MAPS * full_resolution_width(cfg.model))
+    return max(1, min(cfg.inference.sw_batch_size, int(WINDOW_BYTES // per_window)))
+
+
 def _window_setup(cfg: PipelineConfig, image: torch.Tensor, channels: int, device: torch.device
                   ) -> tuple[WindowGrid, torch.Tensor, int]:
     grid = network_grid(cfg, image.shape[1:])
-    roi_voxels = 1
-    for r in grid.roi:
-        roi_voxels *= r
-    per_window = channels * roi_voxels * 4 * 2  # outputs and their flipped copy
-    sw_batch = max(1, min(cfg.inference.sw_batch_size, WINDOW_BYTES // per_window))
+    sw_batch = window_batch(cfg, grid.roi, channels)
     # MONAI's weights, built on the CPU (it reads their minimum back) and moved once
     weight = compute_importance_map(grid.roi, mode=cfg.inference.blend, device="cpu", dtype=torch.float32).to(device)
     return grid, weight, sw_batch

@@ -98,6 +98,8 @@ def block_labels(source: BlockSource, box: Box, taps: Sequence[Taps], out: np.nd
         seen |= torch.bincount(index.flatten().long(), minlength=k).cpu() > 0
     present = seen.nonzero()[:, 0]
     dense = len(present) >= DENSE_FRACTION * k
+    bound: torch.Tensor | None = None if dense else second  # dense: every class is resampled, no bound
+    del second
     local: list[LocalTaps] = []
     for (i0, i1, w1), (lo, _), (j0, j1) in zip(taps, box, ranges, strict=True):
         local.append((torch.from_numpy(i0[j0:j1] - lo), torch.from_numpy(i1[j0:j1] - lo), torch.from_numpy(w1[j0:j1])))
@@ -107,7 +109,7 @@ def block_labels(source: BlockSource, box: Box, taps: Sequence[Taps], out: np.nd
         for (lo, hi), (j0, j1), t, n in zip(box[:2], ranges[:2], taps[:2], source.shape[:2], strict=True)
     )
     plane = (ox, oy) if whole_plane else None
-    candidates = _Candidates(source, None if dense else present, None if dense else second)
+    candidates = _Candidates(source, None if dense else present, bound)
     depth = ranges[2][1] - ranges[2][0]
     per_slice = max(1, candidates.rows * ox * oy * 4 * 3)
     step = max(1, min(depth, SLAB_BYTES // per_slice))

@@ -131,6 +131,7 @@ def test_window_batches_shrink_for_many_classes(monkeypatch: pytest.MonkeyPatch)
         return real(*args)  # type: ignore[arg-type]
 
     monkeypatch.setattr(bw, "_pass_outputs", spy)
+    monkeypatch.setattr(bw, "ACTIVATION_MAPS", 0)  # outputs only here (activations: the test below)
     monkeypatch.setattr(bw, "WINDOW_BYTES", 16**3 * 4 * 2 * 40)  # room for 40 class-windows
     for classes, expected in ((4, 3), (20, 2), (50, 1)):
         members = [(ConvNet(classes).eval(), _cfg([16, 16, 16], False))]
@@ -142,6 +143,37 @@ def test_window_batches_shrink_for_many_classes(monkeypatch: pytest.MonkeyPatch)
     with torch.no_grad():
         block_probabilities(members, torch.randn(1, 16, 16, 16), ((0, 16),) * 3, 50)
     assert sizes[-1] == 3
+
+
+def test_window_batches_count_the_networks_full_resolution_activations() -> None:
+    """A batch's outputs plus ACTIVATION_MAPS maps of the full-resolution width per window fit
+    WINDOW_BYTES and one window more would not (below the configured batch); MONAI's UNet with
+    a first stride of 2 has no full-resolution level: an eighth of its first width."""
+    from medseg.config import ModelConfig
+    from medseg.inference.blockwise import (
+        ACTIVATION_MAPS,
+        WINDOW_BYTES,
+        full_resolution_width,
+        window_batch,
+    )
+
+    roi = (64, 64, 64)
+    cfg = _cfg(list(roi), False)
+    cfg.inference.sw_batch_size = 64
+    assert full_resolution_width(ModelConfig(name="dynunet", channels=[8, 16], strides=[2])) == 8
+    assert full_resolution_width(ModelConfig(name="unet", channels=[16, 32], strides=[2])) == 2
+    assert full_resolution_width(ModelConfig(name="unet", channels=[16, 32], strides=[1])) == 16
+    batches = []
+    for width in (4, 8, 16, 32):
+        cfg.model = ModelConfig(name="dynunet", channels=[width, 2 * width], strides=[2])
+        per_window = 64**3 * 4 * (2 * 8 + ACTIVATION_MAPS * width)
+        b = window_batch(cfg, roi, 8)
+        assert b * per_window <= WINDOW_BYTES < (b + 1) * per_window or b == 1
+        batches.append(b)
+    assert batches == sorted(batches, reverse=True) and batches[0] > batches[-1] == 1
+    cfg.inference.sw_batch_size = 2  # the configured batch stays the cap
+    cfg.model = ModelConfig(name="dynunet", channels=[4, 8], strides=[2])
+    assert window_batch(cfg, roi, 8) == 2
 
 
 def test_feature_blending_is_chosen_where_it_holds_less() -> None:
