@@ -50,6 +50,8 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, ValueError) as err:
         print(f"medseg tune-postprocess: {err}", file=sys.stderr)
         return 2
+    for warning in result.get("warnings", []):
+        print(f"medseg tune-postprocess: warning: {warning}", file=sys.stderr)
     print(f"tuned on {len(result['cases'])} cases -> {args.model}/postprocessing.json")
     for name, entry in result["structures"].items():
         steps = [s for s, on in (("crf", entry["crf"]), (entry["components"], entry["components"] != "none"),

@@ -156,6 +156,16 @@ def validation_cases(run_dir: Path | str, data: Path | str | None = None, device
     return out, labels
 
 
+def trained_on(run_dir: Path | str, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that a member run of ``run_dir`` trained on (its ``split.json``)."""
+    train: set[str] = set()
+    for run in member_runs(run_dir):
+        split = Path(run) / "split.json"
+        if split.is_file():
+            train.update(json.loads(split.read_text(encoding="utf-8")).get("train", []))
+    return sorted(n for n in names if n in train)
+
+
 def _dice(pred: np.ndarray, ref: np.ndarray) -> float:
     total = int(pred.sum()) + int(ref.sum())
     return math.nan if total == 0 else 2.0 * int((pred & ref).sum()) / total
@@ -418,10 +428,18 @@ def tune_postprocess(run_dir: Path | str, data: Path | str | None = None, device
         raise ValueError(f"confidence {confidence}: expected a number in [0, 1), e.g. 0.9 (0: the margin alone)")
     cases, labels = validation_cases(run_dir, data, device, progress)
     result = tune(cases, labels, margin, CRF_GRID if crf else (), confidence)
+    warnings = []
+    seen = trained_on(run_dir, [c.name for c in cases]) if data is not None else []
+    if seen:
+        warnings.append(
+            f"--data {data}: {len(seen)} of the {len(cases)} tuning cases were training cases of the network "
+            f"({', '.join(seen[:5])}{', ...' if len(seen) > 5 else ''}); its predictions there are better than on new "
+            "cases, so the choice may not carry over: tune on validation or out-of-fold cases"
+        )
     result = {
         "medseg_version": __version__, "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "run": str(run_dir), "data": str(data) if data else "split.json validation cases",
-        "dice_grid": "network", **result,
+        "dice_grid": "network", "warnings": warnings, **result,
     }
     text = json.dumps(_clean(result), indent=2, allow_nan=False) + "\n"
     atomic_write_text(Path(run_dir) / TUNED_NAME, text)

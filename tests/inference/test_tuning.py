@@ -207,6 +207,15 @@ def test_tune_postprocess_command_on_a_tiny_run(tmp_path: Path, capsys: pytest.C
     changes = [e["dice_after"] - e["dice_before"] for e in tuned["structures"].values() if e["dice_before"] is not None]
     assert sum(changes) >= -1e-12
     assert "tuned on" in capsys.readouterr().out
+    assert tuned["warnings"] == []  # the run's own validation cases
+    # tuning on cases the network trained on is allowed, but said (in the JSON and on stderr)
+    assert main(["tune-postprocess", "--model", str(run), "--data", str(data / "dataset.json"), "--no-crf",
+                 "--device", "cpu"]) == 0
+    train_cases = json.loads((run / "split.json").read_text())["train"]
+    warning = json.loads((run / "postprocessing.json").read_text())["warnings"]
+    assert len(warning) == 1 and f"{len(train_cases)} of the 5 tuning cases were training cases" in warning[0]
+    assert "warning: --data" in capsys.readouterr().err
+    (run / "postprocessing.json").write_text(json.dumps(tuned))
     # predict resolves the tuned section to the settings the tuner scored (apply_choice's)
     cfg = merge_tuned(InferenceConfig(), tuned["inference"])
     predictor = Predictor.from_checkpoints([run], "cpu")
