@@ -36,9 +36,14 @@ from bench_inference import setup  # noqa: E402
 
 def run_predict(files: dict[str, str], out: Path, crf: bool) -> dict[str, float]:
     """One ``medseg predict`` process on the CT; its peak RSS (MB), case seconds and wall seconds."""
-    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "medseg", "predict", "--model", files["ckpt"],
-           "--input", files["image"], "--output", str(out), "--device", "cpu", "--no-resume", "-q",
-           "--crf" if crf else "--no-crf"]
+    return predict_process(files["ckpt"], files["image"], out, ["--crf" if crf else "--no-crf"])
+
+
+def predict_process(model: str, image: str, out: Path, extra: list[str]) -> dict[str, float]:
+    """One ``medseg predict --model MODEL`` process on ``image`` under ``/usr/bin/time -v``: its
+    peak RSS (MB), the case's seconds (``predict_log.csv``) and the process's wall seconds."""
+    cmd = ["/usr/bin/time", "-v", sys.executable, "-m", "medseg", "predict", "--model", model,
+           "--input", image, "--output", str(out), "--device", "cpu", "--no-resume", "-q", *extra]
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     start = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, encoding="utf-8", errors="replace", check=False, env=env)

@@ -111,6 +111,32 @@ def arm(name: str, labels: str, data: Path, out: Path, steps: int, pre_run: str 
             "best_val": summary.get("best_val_mean_dice"), "command": " ".join(cmd[1:])}
 
 
+def paired(out: Path, labels: list[str], seed: int = 0) -> str:
+    """Markdown table: each arm minus scratch with the same labels, paired over the held-out
+    cases (per-case mean foreground Dice), bootstrap 95 % CI, cases better."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    lines = ["| labels | " + " | ".join(f"{a} - scratch" for a in ARMS[1:]) + " |", "|---" * len(ARMS) + "|"]
+    for n in labels:
+        base_dir = out / f"scratch-{n}" / "heldout_eval_tta"
+        if not (base_dir / "metrics.csv").exists():
+            continue
+        base, cells = per_case(base_dir), []
+        for a in ARMS[1:]:
+            ev = out / f"{a}-{n}" / "heldout_eval_tta"
+            if not (ev / "metrics.csv").exists():
+                cells.append("")
+                continue
+            other = per_case(ev)
+            d = np.array([other[c] - base[c] for c in sorted(base)])
+            boot = [float(d[rng.integers(0, len(d), len(d))].mean()) for _ in range(5000)]
+            lo, hi = np.percentile(boot, [2.5, 97.5])
+            cells.append(f"{d.mean():+.4f} [{lo:+.4f}, {hi:+.4f}], {int((d > 0).sum())}/{len(d)}")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def render(results: dict) -> str:
     lines = [machine_line(), ""]
     pre = results.get("pretrain")
@@ -142,7 +168,12 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=1500, help="fine-tuning optimiser steps per run")
     ap.add_argument("--pretrain-steps", type=int, default=1500)
     ap.add_argument("--render", action="store_true", help="only re-render RESULTS.md from the recorded results")
+    ap.add_argument("--paired", action="store_true",
+                    help="only print each arm minus scratch, paired over the held-out cases of --output's runs")
     args = ap.parse_args()
+    if args.paired:
+        print(paired(args.output, args.labels.split(",")))
+        return 0
     if args.render:
         update_section(f"Limited labels on {cpu_model()}", render(json.loads(results_file().read_text(encoding="utf-8"))))
         return 0
