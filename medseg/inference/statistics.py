@@ -109,13 +109,14 @@ def case_statistics(
 
 
 def _working_order(labels: np.ndarray, image: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, bool]:
-    """C-contiguous arrays with the same voxels: both as given, or both transposed (axes
-    reversed; the flag says so) when they are Fortran-ordered, else copies of the ones that
-    are neither (e.g. a flipped view)."""
-    arrays = [labels] + ([image] if image is not None else [])
-    flipped = not labels.flags.c_contiguous and all(a.T.flags.c_contiguous for a in arrays)
-    out = [np.ascontiguousarray(a.T if flipped else a) for a in arrays]
-    return out[0], (out[1] if image is not None else None), flipped
+    """C-contiguous arrays with the same voxels, both as given or both transposed (axes
+    reversed; the flag says so). Transposed when the larger array (the image, else the label
+    map) is Fortran-ordered, as NIfTI's are: it is then used as a view, and only an array in
+    another layout (e.g. a label map flipped back to LPS) is copied."""
+    lead = image if image is not None else labels
+    transposed = not lead.flags.c_contiguous and lead.T.flags.c_contiguous
+    out = [np.ascontiguousarray(a.T if transposed else a) for a in (labels, image) if a is not None]
+    return out[0], (out[1] if image is not None else None), transposed
 
 
 QUANTILES = (0.05, 0.5, 0.95)

@@ -208,9 +208,13 @@ def test_fortran_ordered_inputs_give_the_same_rows_without_copies(kind: str, mon
     f_labels, f_image = np.asfortranarray(labels), np.asfortranarray(image)
     assert case_statistics("c", f_labels, f_image, affine, names, ndimage.find_objects(f_labels)) == want
     assert copies == []
+    # what predict_case hands over for an LPS-stored CT: a Fortran-ordered image and the label map
+    # flipped back to LPS (a view with negative strides): only the label map is copied
+    lps = case_statistics("c", np.asfortranarray(labels[::-1, ::-1])[::-1, ::-1], f_image, affine, names)
+    assert lps == want and copies == [labels.shape[::-1]]
     flip_x = np.array([[-1, 0, 0, 29], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1.0]])  # i' = 29 - i
     flipped = case_statistics("c", labels[::-1], image[::-1], affine @ flip_x, names)
-    assert copies  # a flipped view is copied
+    assert len(copies) == 3  # a flipped view of C-ordered arrays: both copied
     for a, b in zip(flipped, want, strict=True):
         assert a["voxels"] == b["voxels"] and a["components"] == b["components"] and a["mean"] == b["mean"]
         for axis in "xyz":
