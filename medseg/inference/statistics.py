@@ -66,10 +66,10 @@ def case_statistics(
     """
     if image is not None and image.shape != labels.shape:
         raise ValueError(f"{case}: image {image.shape} and label map {labels.shape} are not on the same grid")
-    # work on C-ordered arrays (slabs along axis 0 are contiguous): a Fortran-ordered map and
-    # image (NIfTI's order, as medseg predict has them) are used transposed, not copied
-    labels, image, flipped = _working_order(labels, image)
-    if flipped:
+    # work on C-ordered arrays (slabs along axis 0 are contiguous): a Fortran-ordered image
+    # (NIfTI's order, as medseg predict has it) is used transposed, not copied
+    labels, image, transposed = _working_order(labels, image)
+    if transposed:
         boxes = [None if b is None else tuple(b[::-1]) for b in boxes] if boxes is not None else None
     affine = np.asarray(affine, dtype=np.float64)
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
@@ -100,7 +100,7 @@ def case_statistics(
             mask = labels[box] == label_id
             row["components"] = count_components(mask)
             idx = centroid_index(mask) + [s.start for s in box]
-            if flipped:
+            if transposed:
                 idx = idx[::-1]
             world = affine[:3, :3] @ idx + affine[:3, 3]
             row.update(centroid_x_mm=_fmt(world[0]), centroid_y_mm=_fmt(world[1]), centroid_z_mm=_fmt(world[2]))

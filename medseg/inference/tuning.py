@@ -193,6 +193,11 @@ def case_gains(after: np.ndarray, before: np.ndarray) -> np.ndarray:
     return a - b
 
 
+def _check_confidence(confidence: float) -> None:
+    if not 0 <= confidence < 1:
+        raise ValueError(f"confidence {confidence}: expected a number in [0, 1), e.g. 0.9 (0: the margin alone)")
+
+
 def supported(gains: np.ndarray, mean_gain: float, margin: float, confidence: float) -> bool:
     """Whether a step with these per-case Dice ``gains`` (:func:`case_gains`, summed over
     the structures it changes) and this change of mean Dice is kept: ``mean_gain`` above
@@ -309,7 +314,8 @@ def _crf_search(cases: Sequence[ValidationCase], labels: Mapping[str, int], stru
         for name, i in structures.items():
             if i not in chosen:
                 tried[name] = _all_case_dice([_argmax(p) for p in joint.probs([*chosen, i])], cases, structures)
-        gains = {n: _total_change(_means(s), _means(current)) for n, s in tried.items()}
+        current_means = _means(current)
+        gains = {n: _total_change(_means(s), current_means) for n, s in tried.items()}
         kept = {n: supported(_total_case_gains(s, current), gains[n], margin, confidence) for n, s in tried.items()}
         steps.append({"refined": [n for n, i in structures.items() if i in chosen],
                       "total_dice_change_if_added": gains, "supported_if_added": kept,
@@ -336,8 +342,7 @@ def tune(cases: Sequence[ValidationCase], labels: Mapping[str, int], margin: flo
     (``confidence`` 0: on the mean gain and ``margin`` alone)."""
     if not cases:
         raise ValueError("no validation case to tune on")
-    if not 0 <= confidence < 1:
-        raise ValueError(f"confidence {confidence}: expected a number in [0, 1), e.g. 0.9 (0: the margin alone)")
+    _check_confidence(confidence)
     structures = dict(sorted(((n, i) for n, i in labels.items() if i != 0), key=lambda item: item[1]))
     base = [_argmax(c.probs.float()) for c in cases]
     before_cases = _all_case_dice(base, cases, structures)
@@ -424,8 +429,7 @@ def tune_postprocess(run_dir: Path | str, data: Path | str | None = None, device
                      progress: Callable[[str], None] | None = None,
                      confidence: float = DEFAULT_CONFIDENCE) -> dict[str, Any]:
     """Predict the validation cases, choose the post-processing, write ``RUN_DIR/postprocessing.json``."""
-    if not 0 <= confidence < 1:  # before any prediction
-        raise ValueError(f"confidence {confidence}: expected a number in [0, 1), e.g. 0.9 (0: the margin alone)")
+    _check_confidence(confidence)  # before any prediction
     cases, labels = validation_cases(run_dir, data, device, progress)
     result = tune(cases, labels, margin, CRF_GRID if crf else (), confidence)
     warnings = []
