@@ -18,6 +18,7 @@ worktree of the commit before block-wise prediction) for a before/after comparis
 ``--block-mb`` sets the predictor's block budget (default: medseg's).
 
     .venv/bin/python benchmarks/bench_many_classes.py --classes 3,20,118 --slices 300,1000 [--tta] [--code DIR]
+        [--models N] [--statistics]     # an ensemble of N networks; statistics + QA of the case
     .venv/bin/python benchmarks/bench_many_classes.py --train --classes 3,118   # training + validation memory
     .venv/bin/python benchmarks/bench_many_classes.py --dicom-seg ../shared/data  # BINARY vs LABELMAP SEG
 """
@@ -38,18 +39,14 @@ ROOT = Path(__file__).resolve().parents[1]
 HERE = Path(__file__).resolve().parent
 
 
-def setup(workdir: Path, slices: int, classes: int, tta: bool) -> dict[str, str]:
-    """The phantom CT (uncompressed NIfTI, written once) and a random network's checkpoint."""
+def setup(workdir: Path, slices: int, classes: int, tta: bool, models: int = 1) -> dict[str, str]:
+    """The phantom CT (uncompressed NIfTI, written once) and ``models`` random networks'
+    checkpoints (seeds 0, 1, ...; comma-joined under "ckpt")."""
     import nibabel as nib
     import numpy as np
-    import torch
 
     sys.path.insert(0, str(HERE))
     from bench_inference import _phantom
-
-    from medseg.config import DataConfig, InferenceConfig, ModelConfig, PipelineConfig
-    from medseg.data.preprocess import PreprocessingPlan
-    from medseg.training.module import SegmentationModule, module_hparams
 
     workdir.mkdir(parents=True, exist_ok=True)
     shape, spacing = (512, 512, slices), (0.8, 0.8, 2.5)
@@ -65,9 +62,21 @@ def setup(workdir: Path, slices: int, classes: int, tta: bool) -> dict[str, str]
     if not warmup.exists():
         src: Any = nib.load(str(image))
         nib.save(src.slicer[:96, :96, :72], str(warmup))
+    ckpts = [_random_checkpoint(workdir, classes, tta, seed) for seed in range(models)]
+    return {"image": str(image), "ckpt": ",".join(ckpts), "warmup": str(warmup)}
+
+
+def _random_checkpoint(workdir: Path, classes: int, tta: bool, seed: int) -> str:
+    import torch
+
+    from medseg.config import DataConfig, InferenceConfig, ModelConfig, PipelineConfig
+    from medseg.data.preprocess import PreprocessingPlan
+    from medseg.training.module import SegmentationModule, module_hparams
+
     # the architecture is in the name: a checkpoint cached by an older version of this script
     # (a MONAI UNet, whose head alone costs 20x at 118 classes) must not be reused
-    ckpt = workdir / f"model_dynunet-8-64_{classes}{'_tta' if tta else ''}.ckpt"
+    suffix = f"_seed{seed}" if seed else ""
+    ckpt = workdir / f"model_dynunet-8-64_{classes}{'_tta' if tta else ''}{suffix}.ckpt"
     if not ckpt.exists():
         labels = {"background": 0, **{f"structure_{i}": i for i in range(1, classes)}}
         plan = PreprocessingPlan(
@@ -79,10 +88,10 @@ def setup(workdir: Path, slices: int, classes: int, tta: bool) -> dict[str, str]
             data=DataConfig(patch_size=[64, 64, 64]),
             inference=InferenceConfig(overlap=0.5, sw_batch_size=4, blend="gaussian", tta=tta),
         )
-        torch.manual_seed(0)
+        torch.manual_seed(seed)
         module = SegmentationModule(**module_hparams(cfg, plan))
         torch.save({"hyper_parameters": module_hparams(cfg, plan), "state_dict": module.state_dict()}, ckpt)
-    return {"image": str(image), "ckpt": str(ckpt), "warmup": str(warmup)}
+    return str(ckpt)
 
 
 def train_dataset(workdir: Path, classes: int, cases: int = 4, shape: tuple[int, int, int] = (128, 128, 96)) -> Path:
@@ -146,7 +155,7 @@ def dicom_seg(data: Path) -> None:
 
     folder = data / "ct_abdomen_sample"
     reference = read_volume(folder / "dicom")
-    labels = np.asanyarray(nib.load(str(folder / "dicom_seg_totalsegmentator.nii.gz")).dataobj).astype(np.uint8)
+    labels = np.asanyarray(nib.load(str(folder / "dicom_seg_totalsegmentator.nii.gz")).dataobj).astype(np.uint8)  # type: ignore[attr-defined]
     names = json.loads((folder / "labels.json").read_text())["total"]
     label_map = {"background": 0, **{v: int(k) for k, v in names.items()}}
     for kind in ("binary", "labelmap"):
@@ -174,13 +183,18 @@ def child(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     kwargs = {"block_bytes": int(args.block_mb * 2**20)} if args.block_mb else {}
-    predictor = Predictor.from_checkpoints([args.ckpt], device="cpu", **kwargs)
+    predictor = Predictor.from_checkpoints(args.ckpt.split(","), device="cpu", **kwargs)
+    extras = None
+    if args.statistics:
+        from medseg.inference.batch_extras import BatchExtras
+
+        extras = BatchExtras(dict(predictor.labels), statistics=True)
 
     def one(path: str, target: str) -> None:
         """What ``medseg predict`` does for a case: read (stored integers kept), predict, write, verify."""
         out = Path(target)
         name = out.name.removesuffix(".nii.gz")
-        result = predict_case(predictor, InputCase(name, [Path(path)]), out.parent, resume=False)
+        result = predict_case(predictor, InputCase(name, [Path(path)]), out.parent, resume=False, extras=extras)
         if result.status != "ok":
             raise RuntimeError(f"{path}: {result.error}")
 
@@ -196,10 +210,12 @@ def child(args: argparse.Namespace) -> None:
     }))
 
 
-def run_child(files: dict[str, str], out: Path, threads: int, code: str | None, block_mb: float | None
-              ) -> dict[str, Any]:
+def run_child(files: dict[str, str], out: Path, threads: int, code: str | None, block_mb: float | None,
+              statistics: bool = False) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", "--image", files["image"], "--ckpt", files["ckpt"],
            "--warmup", files["warmup"], "--out", str(out), "--threads", str(threads)]
+    if statistics:
+        cmd.append("--statistics")
     if block_mb:
         cmd += ["--block-mb", str(block_mb)]
     env = dict(os.environ)
@@ -230,6 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--classes", default="3,20,118")
     parser.add_argument("--slices", default="300")
     parser.add_argument("--tta", action="store_true")
+    parser.add_argument("--models", type=int, default=1, help="an ensemble of this many random networks")
+    parser.add_argument("--statistics", action="store_true",
+                        help="per-structure statistics + QA of the case included (predict --statistics)")
     parser.add_argument("--code", help="another medseg checkout to run (before/after)")
     parser.add_argument("--block-mb", type=float, default=None)
     parser.add_argument("--compare-to", help="folder of masks of an earlier run (same names) to compare with")
@@ -261,10 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for slices in [int(s) for s in args.slices.split(",")]:
         for classes in [int(c) for c in args.classes.split(",")]:
-            files = setup(work, slices, classes, args.tta)
-            out = work / f"out_{tag}_{slices}_{classes}{'_tta' if args.tta else ''}.nii.gz"
-            result = run_child(files, out, args.threads, args.code, args.block_mb)
-            row = {"slices": slices, "classes": classes, "tta": args.tta, **result}
+            files = setup(work, slices, classes, args.tta, args.models)
+            variant = f"{'_tta' if args.tta else ''}{f'_x{args.models}' if args.models > 1 else ''}"
+            variant += "_stats" if args.statistics else ""
+            out = work / f"out_{tag}_{slices}_{classes}{variant}.nii.gz"
+            result = run_child(files, out, args.threads, args.code, args.block_mb, args.statistics)
+            row = {"slices": slices, "classes": classes, "tta": args.tta, "models": args.models,
+                   "statistics": args.statistics, **result}
             if args.compare_to:
                 twin = "out_here_" if tag == "code" else "out_code_"
                 other = Path(args.compare_to) / out.name.replace(f"out_{tag}_", twin)

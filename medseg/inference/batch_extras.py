@@ -65,10 +65,8 @@ class BatchExtras:
 
         parts = list(parts) if parts is not None else ["statistics", "qa", "preview"]
         errors = []
-        from scipy import ndimage
-
-        boxes = ndimage.find_objects(labels)  # one pass over the volume for statistics and QA
-        rows = stats_mod.case_statistics(case, labels, image, affine, self.label_map, boxes)
+        summary = stats_mod.label_summary(labels)  # one pass over the label map for statistics and QA
+        rows = stats_mod.case_statistics(case, labels, image, affine, self.label_map, summary)
         if self.statistics and "statistics" in parts:
             try:
                 stats_mod.write_case(output, rows, case)
@@ -76,7 +74,7 @@ class BatchExtras:
                 errors.append(f"statistics: {type(err).__name__}: {err}")
         flags: list[dict[str, str]] = []
         try:
-            flags = qa.case_flags(case, rows, labels, affine, self.training, self.qa_options, boxes)
+            flags = qa.case_flags(case, rows, labels, affine, self.training, self.qa_options, summary.boxes)
             if "qa" in parts:
                 qa.write_case(output, case, flags)
         except Exception as err:

@@ -176,6 +176,36 @@ def test_components_counted_slab_by_slab_match_scipy(monkeypatch: pytest.MonkeyP
     assert statistics.count_components(snake) == 1
 
 
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_label_summary_matches_scipy_per_label_with_many_labels_and_thin_slabs(
+    order: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Counts, boxes, centroids and components of 40 labels in one pass, across slab boundaries
+    (slabs of 1-2 planes), equal scipy's per-label find_objects / center_of_mass / label."""
+    from scipy import ndimage
+
+    from medseg.inference import statistics
+
+    rng = np.random.default_rng(7)
+    coarse = rng.integers(0, 41, (8, 6, 5))
+    labels = np.repeat(np.repeat(coarse, 3, 0), 2, 1)[:, :, :].astype(np.uint16)  # blobs that cross slabs
+    labels[rng.random(labels.shape) < 0.1] = 0
+    labels[5, :, 2] = 17  # a line through many blobs of label 17
+    labels = np.asarray(labels, order=order)  # type: ignore[call-overload]
+    for slab in (12 * 5, 12 * 5 * 2):  # 1 plane per slab, then 2
+        monkeypatch.setattr(statistics, "_SLAB_VOXELS", slab)
+        summary = statistics.label_summary(labels, 45)
+        assert summary.counts.tolist() == np.bincount(labels.ravel(), minlength=45).tolist()
+        assert summary.boxes == ndimage.find_objects(labels, max_label=44)
+        for label_id in range(1, 45):
+            mask = labels == label_id
+            assert summary.components[label_id] == ndimage.label(mask)[1], label_id
+            if mask.any():
+                np.testing.assert_allclose(summary.centroids[label_id], ndimage.center_of_mass(mask), rtol=1e-12)
+            else:
+                assert np.isnan(summary.centroids[label_id]).all()
+
+
 @pytest.mark.parametrize("kind", ["hu_float", "real_float"])
 def test_fortran_ordered_inputs_give_the_same_rows_without_copies(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """NIfTI's memory order (what medseg predict hands over) is used transposed, not copied; a
@@ -206,7 +236,9 @@ def test_fortran_ordered_inputs_give_the_same_rows_without_copies(kind: str, mon
 
     monkeypatch.setattr(statistics.np, "ascontiguousarray", counting)
     f_labels, f_image = np.asfortranarray(labels), np.asfortranarray(image)
-    assert case_statistics("c", f_labels, f_image, affine, names, ndimage.find_objects(f_labels)) == want
+    summary = statistics.label_summary(f_labels)
+    assert summary.boxes == ndimage.find_objects(labels)  # in the caller's axes, though computed transposed
+    assert case_statistics("c", f_labels, f_image, affine, names, summary) == want
     assert copies == []
     # what predict_case hands over for an LPS-stored CT: a Fortran-ordered image and the label map
     # flipped back to LPS (a view with negative strides): only the label map is copied
