@@ -109,6 +109,7 @@ def init_weights_from(module: Any, path: str | Path) -> dict[str, Any]:
             else:
                 report["skipped"].append(f"{name}: {tuple(src.shape)} -> {tuple(tensor.shape)}")
     module.net.load_state_dict(target)
+    module.loaded_from_init = frozenset(report["loaded"] + report["adapted"])
     if getattr(module, "teacher", None) is not None:
         module.teacher.load_state_dict(module.net.state_dict())
     return report

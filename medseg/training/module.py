@@ -119,9 +119,26 @@ class NetworkModule(pl.LightningModule):
     def on_fit_start(self) -> None:
         self._fit_started = time.monotonic()
 
+    loaded_from_init: frozenset[str] = frozenset()
+    """Names (in ``net``) of the tensors ``init_from`` loaded or adapted: ``optim.loaded_lr_scale``
+    applies to them (set by :func:`medseg.training.init_from.init_weights_from`; restored from
+    ``init_from_report.json`` on resume, so that the optimiser's groups match its saved state)."""
+
+    def _param_groups(self) -> list[dict[str, Any]]:
+        """One group of trainable parameters, or two (loaded by ``init_from`` at
+        ``lr * loaded_lr_scale``, the rest at ``lr``) when the scale is not 1. A mean
+        teacher's parameters are frozen and left out."""
+        o = self.cfg.optim
+        named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        if o.loaded_lr_scale == 1.0 or not self.loaded_from_init:
+            return [{"params": [p for _, p in named]}]
+        loaded = [p for n, p in named if n.startswith("net.") and n[len("net."):] in self.loaded_from_init]
+        rest = [p for n, p in named if not (n.startswith("net.") and n[len("net."):] in self.loaded_from_init)]
+        return [{"params": loaded, "lr": o.lr * o.loaded_lr_scale}, {"params": rest, "lr": o.lr}]
+
     def configure_optimizers(self) -> Any:
         o, t = self.cfg.optim, self.cfg.trainer
-        params = [p for p in self.parameters() if p.requires_grad]  # (a mean teacher's are frozen)
+        params = self._param_groups()
         if o.name == "sgd":
             opt: torch.optim.Optimizer = torch.optim.SGD(
                 params, lr=o.lr, momentum=o.momentum, nesterov=True, weight_decay=o.weight_decay

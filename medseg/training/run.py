@@ -152,6 +152,9 @@ def train(
         atomic_write_text(run_dir / "init_from_report.json", json.dumps(report, indent=2))
         if rank == 0:
             log.info(f"{summary_line(report)} (details in {run_dir / 'init_from_report.json'})")
+    elif cfg.init_from and (run_dir / "init_from_report.json").is_file():  # resumed: the same optimiser groups
+        report = json.loads((run_dir / "init_from_report.json").read_text(encoding="utf-8"))
+        module.loaded_from_init = frozenset(report["loaded"] + report["adapted"])
     result = fit(module, dm, cfg, run_dir, resume=resume, precision=precision, has_val=bool(split["val"]),
                  monitor="val/mean_dice", mode="max", started=start)
     return TrainResult(run_dir, result.best_checkpoint, result.last_checkpoint, result.best_score, time.time() - start)

@@ -71,7 +71,7 @@ def test_pretrain_on_an_images_only_folder_then_fine_tune(phantoms, tmp_path):
     # fine-tune from the run directory through the CLI
     out = tmp_path / "fine"
     args = ["train", str(tmp_path / "p.yaml"), "--data", str(phantoms), "--output", str(out), "--set", f"init_from={run}"]
-    (tmp_path / "p.yaml").write_text("name: fine\n")
+    (tmp_path / "p.yaml").write_text("name: fine\noptim:\n  loaded_lr_scale: 0.1\n")
     assert main([*args, *[a for s in TINY for a in ("--set", s)]]) == 0
     report = json.loads((out / "init_from_report.json").read_text())
     assert report["source"] == str(run / "checkpoints" / "best.ckpt")
@@ -79,8 +79,20 @@ def test_pretrain_on_an_images_only_folder_then_fine_tune(phantoms, tmp_path):
     assert not report["plan_differences"]  # same pipeline, same plan
     loaded = report["loaded"][0]
     pre = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)["state_dict"]["net." + loaded]
-    first = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)["state_dict"]["net." + loaded]
-    assert pre.shape == first.shape
+    ckpt = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert pre.shape == ckpt["state_dict"]["net." + loaded].shape
+    # optim.loaded_lr_scale: the loaded tensors' group at a tenth of the rate of the rest (the head)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    assert len(groups) == 2 and groups[0]["lr"] == pytest.approx(0.1 * groups[1]["lr"])
+    n_loaded = sum(1 for name in report["loaded"] + report["adapted"] if not name.endswith(("running_mean",
+                                                                                         "running_var",
+                                                                                         "num_batches_tracked")))
+    assert len(groups[0]["params"]) == n_loaded and len(groups[1]["params"]) > 0
+    # a resumed run rebuilds the same two groups (its optimiser state would not load otherwise)
+    resumed = [a for s in TINY if not s.startswith("trainer.max_epochs") for a in ("--set", s)]
+    assert main([*args, *resumed, "--set", "trainer.max_epochs=3", "--resume"]) == 0
+    again = torch.load(out / "checkpoints" / "last.ckpt", weights_only=False)
+    assert again["epoch"] == 2 and len(again["optimizer_states"][0]["param_groups"]) == 2
 
 
 @pytest.mark.slow
