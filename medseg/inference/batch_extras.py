@@ -65,8 +65,8 @@ class BatchExtras:
 
         parts = list(parts) if parts is not None else ["statistics", "qa", "preview"]
         errors = []
-        summary = stats_mod.label_summary(labels)  # one pass over the label map for statistics and QA
-        rows = stats_mod.case_statistics(case, labels, image, affine, self.label_map, summary)
+        # one pass over the label map for statistics and QA's boxes
+        rows, summary = stats_mod.analyse_case(case, labels, image, affine, self.label_map)
         if self.statistics and "statistics" in parts:
             try:
                 stats_mod.write_case(output, rows, case)

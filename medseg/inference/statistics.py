@@ -77,19 +77,27 @@ def label_summary(labels: np.ndarray, n_ids: int | None = None) -> LabelSummary:
     """:class:`LabelSummary` of an integer label map in any memory order (a Fortran-ordered
     map is used transposed, not copied)."""
     work, _, transposed = _working_order(labels, None)
-    return _summarize(work, _n_ids(work, n_ids), transposed)
+    n = _n_ids(work, n_ids)
+    crop, _, origin = _foreground_crop(work, None)
+    return _summarize(crop, n, transposed, origin, work.size)
 
 
 def case_statistics(
     case: str, labels: np.ndarray, image: np.ndarray | None, affine: np.ndarray, label_map: Mapping[str, int],
-    summary: LabelSummary | None = None,
 ) -> list[dict[str, object]]:
     """Rows (dicts keyed by :data:`COLUMNS`) for one case, in label-id order.
 
     ``labels``: (X, Y, Z) integer label map on the input grid; ``image``: (X, Y, Z) intensities
-    on the same grid, or None (intensity columns left empty); ``affine``: voxel -> RAS+ mm;
-    ``summary``: :func:`label_summary` of ``labels`` when the caller has it (computed otherwise).
+    on the same grid, or None (intensity columns left empty); ``affine``: voxel -> RAS+ mm.
     """
+    return analyse_case(case, labels, image, affine, label_map)[0]
+
+
+def analyse_case(
+    case: str, labels: np.ndarray, image: np.ndarray | None, affine: np.ndarray, label_map: Mapping[str, int],
+) -> tuple[list[dict[str, object]], LabelSummary]:
+    """:func:`case_statistics`' rows and the :class:`LabelSummary` they came from (its boxes
+    serve QA's edge check), from one memory-order conversion of the inputs."""
     if image is not None and image.shape != labels.shape:
         raise ValueError(f"{case}: image {image.shape} and label map {labels.shape} are not on the same grid")
     # work on C-ordered arrays (slabs along axis 0 are contiguous): a Fortran-ordered image
@@ -99,8 +107,11 @@ def case_statistics(
     voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
     structures = sorted((int(v), k) for k, v in label_map.items() if int(v) != 0)
     n_ids = _n_ids(labels, max([0] + [lid + 1 for lid, _ in structures]))
-    if summary is None or summary.counts.size < n_ids:
-        summary = _summarize(labels, n_ids, transposed)
+    size = labels.size
+    # everything below looks at the foreground's bounding box only (background outside it is
+    # neither a structure's voxel nor its intensity)
+    labels, image, origin = _foreground_crop(labels, image)
+    summary = _summarize(labels, n_ids, transposed, origin, size)
     counts = summary.counts
     histograms = _intensity_histograms(labels, image, n_ids) if image is not None else None
     segments = _intensity_segments(labels.reshape(-1), image, counts) if histograms is None else None
@@ -123,7 +134,7 @@ def case_statistics(
             world = affine[:3, :3] @ summary.centroids[label_id] + affine[:3, 3]
             row.update(centroid_x_mm=_fmt(world[0]), centroid_y_mm=_fmt(world[1]), centroid_z_mm=_fmt(world[2]))
         rows.append(row)
-    return rows
+    return rows, summary
 
 
 def _working_order(labels: np.ndarray, image: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None, bool]:
@@ -137,14 +148,34 @@ def _working_order(labels: np.ndarray, image: np.ndarray | None) -> tuple[np.nda
     return out[0], (out[1] if image is not None else None), transposed
 
 
+def _foreground_crop(
+    labels: np.ndarray, image: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, ...]]:
+    """Views of ``labels`` and ``image`` on the bounding box of the non-zero labels (empty
+    when there are none) and the box's origin. Three ``any`` reductions: milliseconds."""
+    starts, stops = [], []
+    for axis in range(labels.ndim):
+        hit = np.flatnonzero(labels.any(axis=tuple(a for a in range(labels.ndim) if a != axis)))
+        if hit.size == 0:
+            starts, stops = [0] * labels.ndim, [0] * labels.ndim
+            break
+        starts.append(int(hit[0]))
+        stops.append(int(hit[-1]) + 1)
+    box = tuple(slice(a, b) for a, b in zip(starts, stops, strict=True))
+    return labels[box], (image[box] if image is not None else None), tuple(starts)
+
+
 def _n_ids(labels: np.ndarray, at_least: int | None) -> int:
     if labels.size and int(labels.min()) < 0:
         raise ValueError(f"label map has negative ids (min {int(labels.min())}); expected ids >= 0")
     return max(int(labels.max(initial=0)) + 1, at_least or 0)
 
 
-def _summarize(labels: np.ndarray, n_ids: int, transposed: bool) -> LabelSummary:
-    """One pass over C-ordered ``labels`` (axes reversed from the caller's when ``transposed``).
+def _summarize(
+    labels: np.ndarray, n_ids: int, transposed: bool, origin: tuple[int, ...] | None = None, size: int | None = None
+) -> LabelSummary:
+    """One pass over ``labels`` (axes reversed from the caller's when ``transposed``): the
+    foreground box of a label map of ``size`` voxels whose index ``origin`` it starts at.
 
     Per slab along axis 0: each label's voxel count on every plane of every axis (two
     ``bincount`` calls: per label and row of the slab, and per label and index of the last axis;
@@ -173,16 +204,19 @@ def _summarize(labels: np.ndarray, n_ids: int, transposed: bool) -> LabelSummary
         key += np.arange(n, dtype=np.intp)
         projections[-1] += np.bincount(key.ravel(), minlength=n_ids * n).reshape(n_ids, n)
     counts = projections[0].sum(axis=1)
+    counts[0] += (labels.size if size is None else size) - labels.size  # background outside the box
+    origin = origin or (0,) * labels.ndim
     present = counts > 0
+    present[0] = False  # background: counted, not summarised (its voxels outside the box were never seen)
     centroids = np.full((n_ids, labels.ndim), np.nan)
     boxes: list[tuple[slice, ...] | None] = [None] * max(0, n_ids - 1)
     for axis, proj in enumerate(projections):
-        weights = np.arange(proj.shape[1], dtype=np.float64)
+        weights = np.arange(origin[axis], origin[axis] + proj.shape[1], dtype=np.float64)
         centroids[present, axis] = proj[present].astype(np.float64) @ weights / counts[present]
     for label_id in np.flatnonzero(present[1:]) + 1:
         box = []
-        for proj in projections:
-            nz = np.flatnonzero(proj[label_id])
+        for proj, start in zip(projections, origin, strict=True):
+            nz = np.flatnonzero(proj[label_id]) + start
             box.append(slice(int(nz[0]), int(nz[-1]) + 1))
         boxes[label_id - 1] = tuple(box[::-1] if transposed else box)
     if transposed:
@@ -191,7 +225,7 @@ def _summarize(labels: np.ndarray, n_ids: int, transposed: bool) -> LabelSummary
 
 
 def _components(labels: np.ndarray, n_ids: int) -> np.ndarray:
-    """Face-connected components of every label id of a C-ordered label map, slab by slab.
+    """Face-connected components of every label id of a label map, slab by slab along axis 0.
 
     Each slab is labelled once for all labels (``cc3d``: one pass whatever the number of
     labels, uint32 ids of the slab only); components that continue into the next slab are

@@ -176,12 +176,13 @@ def test_components_counted_slab_by_slab_match_scipy(monkeypatch: pytest.MonkeyP
     assert statistics.count_components(snake) == 1
 
 
-@pytest.mark.parametrize("order", ["C", "F"])
+@pytest.mark.parametrize(("order", "pad"), [("C", 0), ("F", 0), ("C", 3), ("F", 2)])
 def test_label_summary_matches_scipy_per_label_with_many_labels_and_thin_slabs(
-    order: str, monkeypatch: pytest.MonkeyPatch
+    order: str, pad: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Counts, boxes, centroids and components of 40 labels in one pass, across slab boundaries
-    (slabs of 1-2 planes), equal scipy's per-label find_objects / center_of_mass / label."""
+    (slabs of 1-2 planes), equal scipy's per-label find_objects / center_of_mass / label; also
+    inside a wider background (the work is cropped to the foreground's box: indices shift back)."""
     from scipy import ndimage
 
     from medseg.inference import statistics
@@ -191,8 +192,11 @@ def test_label_summary_matches_scipy_per_label_with_many_labels_and_thin_slabs(
     labels = np.repeat(np.repeat(coarse, 3, 0), 2, 1)[:, :, :].astype(np.uint16)  # blobs that cross slabs
     labels[rng.random(labels.shape) < 0.1] = 0
     labels[5, :, 2] = 17  # a line through many blobs of label 17
+    labels = np.pad(labels, ((pad, 1), (2 * pad, 0), (pad, pad)))
     labels = np.asarray(labels, order=order)  # type: ignore[call-overload]
-    for slab in (12 * 5, 12 * 5 * 2):  # 1 plane per slab, then 2
+    plane = labels.shape[1] * labels.shape[2]
+    assert statistics.label_summary(np.zeros_like(labels), 3).counts.tolist() == [labels.size, 0, 0]
+    for slab in (plane, 2 * plane):  # 1 plane per slab, then 2 (of the uncropped map; fewer voxels cropped)
         monkeypatch.setattr(statistics, "_SLAB_VOXELS", slab)
         summary = statistics.label_summary(labels, 45)
         assert summary.counts.tolist() == np.bincount(labels.ravel(), minlength=45).tolist()
@@ -236,9 +240,9 @@ def test_fortran_ordered_inputs_give_the_same_rows_without_copies(kind: str, mon
 
     monkeypatch.setattr(statistics.np, "ascontiguousarray", counting)
     f_labels, f_image = np.asfortranarray(labels), np.asfortranarray(image)
-    summary = statistics.label_summary(f_labels)
+    rows, summary = statistics.analyse_case("c", f_labels, f_image, affine, names)
     assert summary.boxes == ndimage.find_objects(labels)  # in the caller's axes, though computed transposed
-    assert case_statistics("c", f_labels, f_image, affine, names, summary) == want
+    assert rows == want and statistics.label_summary(f_labels).boxes == summary.boxes
     assert copies == []
     # what predict_case hands over for an LPS-stored CT: a Fortran-ordered image and the label map
     # flipped back to LPS (a view with negative strides): only the label map is copied
