@@ -171,9 +171,7 @@ def _n_ids(labels: np.ndarray, at_least: int | None) -> int:
     return max(int(labels.max(initial=0)) + 1, at_least or 0)
 
 
-def _summarize(
-    labels: np.ndarray, n_ids: int, transposed: bool, origin: tuple[int, ...] | None = None, size: int | None = None
-) -> LabelSummary:
+def _summarize(labels: np.ndarray, n_ids: int, transposed: bool, origin: tuple[int, ...], size: int) -> LabelSummary:
     """One pass over ``labels`` (axes reversed from the caller's when ``transposed``): the
     foreground box of a label map of ``size`` voxels whose index ``origin`` it starts at.
 
@@ -204,8 +202,7 @@ def _summarize(
         key += np.arange(n, dtype=np.intp)
         projections[-1] += np.bincount(key.ravel(), minlength=n_ids * n).reshape(n_ids, n)
     counts = projections[0].sum(axis=1)
-    counts[0] += (labels.size if size is None else size) - labels.size  # background outside the box
-    origin = origin or (0,) * labels.ndim
+    counts[0] += size - labels.size  # background outside the box
     present = counts > 0
     present[0] = False  # background: counted, not summarised (its voxels outside the box were never seen)
     centroids = np.full((n_ids, labels.ndim), np.nan)

@@ -109,10 +109,15 @@ def init_weights_from(module: Any, path: str | Path) -> dict[str, Any]:
             else:
                 report["skipped"].append(f"{name}: {tuple(src.shape)} -> {tuple(tensor.shape)}")
     module.net.load_state_dict(target)
-    module.loaded_from_init = frozenset(report["loaded"] + report["adapted"])
+    module.loaded_from_init = loaded_names(report)
     if getattr(module, "teacher", None) is not None:
         module.teacher.load_state_dict(module.net.state_dict())
     return report
+
+
+def loaded_names(report: dict[str, Any]) -> frozenset[str]:
+    """The tensors of ``net`` that a report's source provided (loaded or adapted)."""
+    return frozenset(report["loaded"] + report["adapted"])
 
 
 def summary_line(report: dict[str, Any]) -> str:

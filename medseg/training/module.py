@@ -132,8 +132,11 @@ class NetworkModule(pl.LightningModule):
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
         if o.loaded_lr_scale == 1.0 or not self.loaded_from_init:
             return [{"params": [p for _, p in named]}]
-        loaded = [p for n, p in named if n.startswith("net.") and n[len("net."):] in self.loaded_from_init]
-        rest = [p for n, p in named if not (n.startswith("net.") and n[len("net."):] in self.loaded_from_init)]
+        loaded: list[torch.nn.Parameter] = []
+        rest: list[torch.nn.Parameter] = []
+        for n, p in named:
+            from_source = n.startswith("net.") and n[len("net."):] in self.loaded_from_init
+            (loaded if from_source else rest).append(p)
         return [{"params": loaded, "lr": o.lr * o.loaded_lr_scale}, {"params": rest, "lr": o.lr}]
 
     def configure_optimizers(self) -> Any:

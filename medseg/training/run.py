@@ -30,7 +30,7 @@ from medseg.data.manifest import Case, Manifest, load_manifest
 from medseg.data.preprocess import PreprocessingPlan
 from medseg.data.unlabelled import describe, label_budget, labelled_and_unlabelled, unlabelled_pool
 from medseg.training.fit import check_run_dir, fit, run_manifest
-from medseg.training.init_from import init_weights_from, summary_line
+from medseg.training.init_from import init_weights_from, loaded_names, summary_line
 from medseg.training.module import SegmentationModule, module_hparams
 from medseg.training.precision import resolve_precision
 from medseg.utils import atomic_write_text
@@ -154,7 +154,7 @@ def train(
             log.info(f"{summary_line(report)} (details in {run_dir / 'init_from_report.json'})")
     elif cfg.init_from and (run_dir / "init_from_report.json").is_file():  # resumed: the same optimiser groups
         report = json.loads((run_dir / "init_from_report.json").read_text(encoding="utf-8"))
-        module.loaded_from_init = frozenset(report["loaded"] + report["adapted"])
+        module.loaded_from_init = loaded_names(report)
     result = fit(module, dm, cfg, run_dir, resume=resume, precision=precision, has_val=bool(split["val"]),
                  monitor="val/mean_dice", mode="max", started=start)
     return TrainResult(run_dir, result.best_checkpoint, result.last_checkpoint, result.best_score, time.time() - start)
