@@ -14,7 +14,9 @@ seconds / plain seconds within the same prediction:
    (symlinked into the work folder), the model of ``--model`` (a run directory, e.g. trained
    3 minutes with ``pipelines/hippocampus_3d.yaml``), the CLI's default threads.
 2. CT: the 512x512x300 volume and random 3-class UNet of ``bench_inference.py`` (case b, made by
-   its ``setup``).
+   its ``setup``); then ``case_done`` alone on realistic label maps of that grid (the phantom's
+   organs; TotalSegmentator's abdominal map of ``ct_abdomen_sample`` where ``--data``'s parent
+   holds it), since a random network's fragments are the worst case for the extras.
 
 Throughput, each configuration one fresh ``python -m medseg`` process timed from start to exit
 (imports, model loading or cluster start, the batch), interleaved ``--rounds`` times; median:
@@ -118,8 +120,13 @@ def compare(name: str, configs: dict[str, list[str]], rounds: int, work: Path, c
                 "walls": walls[k], "cases": means[k]} for k in configs}  # type: ignore[dict-item]
 
 
-def child_extras(model: str, inputs: list[str], output: Path, warmup: str) -> dict:
-    """In this process: each case plain and with extras, alternating; returns the timings."""
+def child_extras(model: str, inputs: list[str], output: Path, warmup: str,
+                 masks: list[tuple[str, str, dict[str, int]]] | None = None) -> dict:
+    """In this process: each case plain and with extras, alternating; returns the timings.
+
+    ``masks``: (name, label map path, structure -> label) of other label maps on the first
+    case's grid, whose ``case_done`` is timed on that case's image (median of 3): what the
+    extras cost for another model's output, whose prediction time does not depend on it."""
     from medseg.inference import batch
     from medseg.inference.batch_extras import BatchExtras, for_models
     from medseg.inference.inputs import InputCase
@@ -156,23 +163,78 @@ def child_extras(model: str, inputs: list[str], output: Path, warmup: str) -> di
     start = time.perf_counter()
     timed.finish(output / "extras", [c.name for c in cases], results)
     finish = time.perf_counter() - start
+    mask_seconds = {}
+    if masks:
+        from medseg.data.io import read_label
+        from medseg.inference.inputs import read_case
+
+        image = read_case(cases[0], len(predictor.channel_names)).array[0]
+        for name, path, label_map in masks:
+            mask = read_label(path)
+            other = BatchExtras(label_map, statistics=True, preview=True)
+            other.case_done(output / "masks", "warmup", mask.array[:64, :64, :32].copy(),
+                            image[:64, :64, :32].copy(), mask.affine)
+            runs = []
+            for _ in range(3):
+                start = time.perf_counter()
+                err = other.case_done(output / "masks", name, mask.array, image, mask.affine)
+                runs.append(time.perf_counter() - start)
+                if err:
+                    raise RuntimeError(f"{name}: {err}")
+            mask_seconds[name] = statistics.median(runs)
     import medseg
 
     return {"medseg": str(Path(medseg.__file__).parent), "plain": plain, "extras": with_extras, "case_done": spent,
-            "finish": finish,
+            "finish": finish, "mask_case_done": mask_seconds,
             "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
-def extras_in_child(name: str, model: str, inputs: list[str], warmup: str, work: Path, code_root: Path) -> dict:
+def extras_in_child(name: str, model: str, inputs: list[str], warmup: str, work: Path, code_root: Path,
+                    masks: list[tuple[str, str, dict[str, int]]] | None = None) -> dict:
     out = work / f"{name}_extras"
     shutil.rmtree(out, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(code_root)}
     proc = subprocess.run([sys.executable, "-P", __file__, "--child",
-                           json.dumps([model, inputs, str(out), warmup, str(code_root)])], env=env,
+                           json.dumps([model, inputs, str(out), warmup, str(code_root), masks or []])], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{name} child exited {proc.returncode}:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+MASK_TITLES = {
+    "organs": "the phantom's two organs (what a model trained on it predicts: compact structures)",
+    "totalseg": "TotalSegmentator's 31 abdominal structures of ct_abdomen_sample (512x512x20, each slice "
+                "repeated 15x), 117 structure names",
+}
+
+
+def ct_masks(folder: Path, image: Path, data: Path) -> list[tuple[str, str, dict[str, int]]]:
+    """Realistic label maps on the CT's grid (written once): the phantom's organs, and where
+    ``data`` holds ct_abdomen_sample, TotalSegmentator's multi-organ map stretched to 300 slices."""
+    import bench_inference
+    import nibabel as nib
+    import numpy as np
+
+    ref = nib.load(str(image))
+    masks = []
+    organs = folder / "organs_mask.nii.gz"
+    if not organs.exists():
+        nib.save(nib.Nifti1Image(bench_inference.ct_organ_labels(ref.shape), ref.affine), str(organs))
+    masks.append(("organs", str(organs), {"background": 0, "structure_a": 1, "structure_b": 2}))
+    sample = data / "ct_abdomen_sample"
+    if (sample / "dicom_seg_totalsegmentator.nii.gz").is_file():
+        total = folder / "totalseg_mask.nii.gz"
+        if not total.exists():
+            seg = np.asarray(nib.load(str(sample / "dicom_seg_totalsegmentator.nii.gz")).dataobj).astype(np.uint8)
+            reps = -(-ref.shape[2] // seg.shape[2])
+            seg = np.repeat(seg, reps, axis=2)[:, :, : ref.shape[2]]
+            if seg.shape != ref.shape:
+                raise RuntimeError(f"{sample}: map {seg.shape} does not fit the CT grid {ref.shape}")
+            nib.save(nib.Nifti1Image(seg, ref.affine), str(total))
+        names = json.loads((sample / "labels.json").read_text())["total"]
+        masks.append(("totalseg", str(total), {"background": 0, **{v: int(k) for k, v in names.items()}}))
+    return masks
 
 
 def ratio(a: float, b: float) -> str:
@@ -193,9 +255,9 @@ def main() -> None:
     p.add_argument("--child", help=argparse.SUPPRESS)
     a = p.parse_args()
     if a.child:
-        model, inputs, out, warmup, code = json.loads(a.child)
+        model, inputs, out, warmup, code, masks = json.loads(a.child)
         sys.path.insert(0, code)  # before this checkout (ROOT), for --code-root
-        print(json.dumps(child_extras(model, inputs, Path(out), warmup)))
+        print(json.dumps(child_extras(model, inputs, Path(out), warmup, [tuple(m) for m in masks])))
         return
     if not a.model:
         p.error("--model RUN_DIR is required (a hippocampus run, e.g. trained 3 minutes with "
@@ -232,10 +294,21 @@ def main() -> None:
         import bench_inference
 
         files = bench_inference.setup(work / "ct", "b")
+        masks = ct_masks(work / "ct", Path(files["image"]), Path(a.data).parent)
         print("CT 512x512x300: plain vs --statistics --preview (one process)", flush=True)
-        res = extras_in_child("ct", files["ckpt"], [files["image"]], files["warmup"], work, code_root)
+        res = extras_in_child("ct", files["ckpt"], [files["image"]], files["warmup"], work, code_root, masks)
         print(json.dumps(res), flush=True)
         extras_table("CT 512x512x300 (bench_inference case b, random 3-class UNet)", res, 1)
+        plain = statistics.fmean(res["plain"])
+        lines.extend([
+            "`case_done` on other label maps of this CT grid and image (median of 3, same process; the prediction "
+            "time does not depend on the mask, so the share is of the plain prediction above):", "",
+            "| label map | `case_done` s | share of plain |", "|---|---:|---:|",
+            "| the random network's (the prediction above: 3 labels in fragments everywhere) | "
+            f"{statistics.fmean(res['case_done']):.2f} | {statistics.fmean(res['case_done']) / plain * 100:.1f} % |",
+            *(f"| {MASK_TITLES[k]} | {v:.2f} | **{v / plain * 100:.1f} %** |" for k, v in res["mask_case_done"].items()),
+            "",
+        ])
     if "dask" not in skip:
         print("hippocampus predict: --workers 2 vs --scheduler local:2", flush=True)
         outs: dict[str, Path] = {}

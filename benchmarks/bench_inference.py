@@ -67,14 +67,28 @@ def _phantom(shape: tuple[int, int, int], kind: str, seed: int = 0) -> Any:
     if kind == "ct":
         img = np.full(shape, -1000, np.int16)
         img[ellipsoid(centre, [shape[0] * 0.42, shape[1] * 0.32, shape[2] * 2])] = 40
-        img[ellipsoid([shape[0] * 0.4, shape[1] * 0.45, shape[2] * 0.5], [70, 55, 30])] = 120
-        img[ellipsoid([shape[0] * 0.62, shape[1] * 0.55, shape[2] * 0.45], [35, 30, 40])] = 250
+        organs = ct_organ_labels(shape)
+        img[organs == 1] = 120
+        img[organs == 2] = 250
         img += rng.normal(0, 20, shape).astype(np.int16)
         return img
     img = np.full(shape, 100.0, np.float32)
     img[ellipsoid(centre, [n * 0.35 for n in shape])] = 300.0
     img[ellipsoid([shape[0] * 0.4, shape[1] * 0.6, shape[2] * 0.5], [6, 9, 7])] = 500.0
     return (img + rng.normal(0, 25, shape)).astype(np.float32)
+
+
+def ct_organ_labels(shape: tuple[int, int, int]) -> Any:
+    """The CT phantom's two organs as a label map (uint8: 1 and 2): what a model trained on the
+    phantom would predict (compact structures, unlike the random network's fragments)."""
+    import numpy as np
+
+    grids = np.ogrid[tuple(slice(0, n) for n in shape)]
+    labels = np.zeros(shape, np.uint8)
+    for value, c, r in ((1, [0.4, 0.45, 0.5], [70, 55, 30]), (2, [0.62, 0.55, 0.45], [35, 30, 40])):
+        centre = [f * n for f, n in zip(c, shape, strict=True)]
+        labels[sum(((g - ci) / ri) ** 2 for g, ci, ri in zip(grids, centre, r, strict=True)) <= 1.0] = value
+    return labels
 
 
 def setup(workdir: Path, name: str) -> dict[str, str]:

@@ -24,7 +24,8 @@ import io
 import json
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -178,26 +179,12 @@ def predict_case(
         del volume
         labels = predictor.predict_prepared(prepared, reference.affine)
         del prepared
-        for path in paths:
-            if path.name.endswith(".dcm"):
-                from medseg.inference.dicom_seg import write_dicom_seg
-
-                try:
-                    if seg_error:
-                        raise ValueError(seg_error)
-                    write_dicom_seg(path, labels, reference, predictor.labels, version=_version())
-                except Exception as err:
-                    if fmt == "dicom-seg":
-                        raise
-                    seg_error = seg_error or one_line(err)
-            else:
-                write_label(path, labels, reference)
-                try:
-                    check_nifti_output(path, reference)
-                except ValueError:
-                    path.unlink(missing_ok=True)
-                    raise
-        extra_error = extras.case_done(output, case.name, labels, image, reference.affine) if extras else ""
+        if extras:
+            extra_error, seg_error = _outputs_beside_extras(
+                extras, output, case.name, labels, image, reference, paths, predictor.labels, fmt, seg_error)
+        else:
+            seg_error = write_outputs(paths, labels, reference, predictor.labels, fmt, seg_error)
+            extra_error = ""
     except Exception as err:  # one bad case never stops the batch
         return CaseResult(case.name, "failed", round(time.perf_counter() - start, 3), one_line(err))
     errors = [f"DICOM-SEG not written (NIfTI {case.name}.nii.gz written): {seg_error}"] if seg_error else []
@@ -205,6 +192,54 @@ def predict_case(
     if errors:  # --format both: the NIfTI is written and verified, only the SEG failed
         return CaseResult(case.name, "failed", round(time.perf_counter() - start, 3), "; ".join(errors))
     return CaseResult(case.name, "ok", round(time.perf_counter() - start, 3))
+
+
+def write_outputs(
+    paths: Sequence[Path], labels: np.ndarray, reference: Volume, label_names: Mapping[str, int], fmt: str,
+    seg_error: str,
+) -> str:
+    """Write and verify the case's mask files; returns the DICOM-SEG error that ``--format both``
+    tolerates ("" when none), raises for anything else."""
+    for path in paths:
+        if path.name.endswith(".dcm"):
+            from medseg.inference.dicom_seg import write_dicom_seg
+
+            try:
+                if seg_error:
+                    raise ValueError(seg_error)
+                write_dicom_seg(path, labels, reference, label_names, version=_version())
+            except Exception as err:
+                if fmt == "dicom-seg":
+                    raise
+                seg_error = seg_error or one_line(err)
+        else:
+            write_label(path, labels, reference)
+            try:
+                check_nifti_output(path, reference)
+            except ValueError:
+                path.unlink(missing_ok=True)
+                raise
+    return seg_error
+
+
+def _outputs_beside_extras(
+    extras: BatchExtras, output: Path, case: str, labels: np.ndarray, image: np.ndarray | None,
+    reference: Volume, paths: Sequence[Path], label_names: Mapping[str, int], fmt: str, seg_error: str,
+) -> tuple[str, str]:
+    """The mask files written in a thread while the extras are computed: the writer spends its
+    time in zlib (which releases the GIL), the extras in numpy and cc3d. Returns the extras'
+    and the SEG's errors; a mask that cannot be written fails the case and removes its parts."""
+    with ThreadPoolExecutor(1, thread_name_prefix="medseg-write") as pool:
+        written = pool.submit(write_outputs, paths, labels, reference, label_names, fmt, seg_error)
+        try:
+            extra_error = extras.case_done(output, case, labels, image, reference.affine)
+        finally:
+            try:
+                seg_error = written.result()
+            except BaseException:
+                extras.remove_parts(output, case)
+                raise
+    return extra_error, seg_error
 
 
 def _version() -> str:

@@ -44,7 +44,8 @@ class BatchExtras:
 
     # ------------------------------------------------------------------ per case
 
-    def missing_parts(self, output: Path, case: str) -> list[str]:
+    def part_paths(self, output: Path, case: str) -> dict[str, Path]:
+        """The per-case files these extras write, by part name."""
         from medseg.inference import qa
 
         wanted = {"qa": qa.part_path(output, case)}
@@ -54,7 +55,15 @@ class BatchExtras:
             from medseg.inference import preview
 
             wanted["preview"] = preview.part_path(output, case)
-        return [name for name, path in wanted.items() if not path.is_file()]
+        return wanted
+
+    def missing_parts(self, output: Path, case: str) -> list[str]:
+        return [name for name, path in self.part_paths(output, case).items() if not path.is_file()]
+
+    def remove_parts(self, output: Path, case: str) -> None:
+        """Forget the case's parts (its mask could not be written: the batch must not merge them)."""
+        for path in self.part_paths(output, case).values():
+            path.unlink(missing_ok=True)
 
     def case_done(
         self, output: Path, case: str, labels: np.ndarray, image: np.ndarray | None, affine: np.ndarray,

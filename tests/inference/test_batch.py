@@ -283,3 +283,56 @@ def test_input_image_is_freed_before_the_network_runs(tmp_path: Path, checkpoint
     result = batch.predict_case(predictor, InputCase("ct", [src]), tmp_path / "out", resume=False, extras=parts)
     assert result.status == "ok", result.error
     assert alive == ([[shape]] if extras else [[]])
+
+
+def test_mask_is_written_while_the_extras_are_computed(tmp_path: Path, checkpoint: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer and the extras run at the same time: each waits to see the other started
+    (a serial order would time out on one side)."""
+    import threading
+
+    from medseg.inference.batch_extras import BatchExtras
+    from medseg.inference.inputs import InputCase
+
+    src = save_nifti(tmp_path / "in" / "a.nii.gz", np.ones((10, 10, 10), np.float32), np.eye(4), 1, 1)
+    predictor = Predictor.from_checkpoints([checkpoint])
+    writing, computing = threading.Event(), threading.Event()
+    seen: dict[str, bool] = {}
+    real_write, real_done = batch.write_label, BatchExtras.case_done
+
+    def write(path: Path, labels: np.ndarray, reference: object) -> None:
+        writing.set()
+        seen["writer saw the extras"] = computing.wait(10)
+        real_write(path, labels, reference)  # type: ignore[arg-type]
+
+    def case_done(self: BatchExtras, *args: object, **kwargs: object) -> str:
+        computing.set()
+        seen["extras saw the writer"] = writing.wait(10)
+        return real_done(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch, "write_label", write)
+    monkeypatch.setattr(BatchExtras, "case_done", case_done)
+    parts = BatchExtras(predictor.labels, statistics=True)
+    result = batch.predict_case(predictor, InputCase("a", [src]), tmp_path / "out", resume=False, extras=parts)
+    assert result.status == "ok", result.error
+    assert seen == {"writer saw the extras": True, "extras saw the writer": True}
+    assert (tmp_path / "out" / "a.nii.gz").is_file() and not parts.missing_parts(tmp_path / "out", "a")
+
+
+def test_a_mask_that_cannot_be_written_leaves_no_extras(tmp_path: Path, checkpoint: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg.inference.batch_extras import BatchExtras
+
+    src = save_nifti(tmp_path / "in" / "a.nii.gz", np.ones((10, 10, 10), np.float32), np.eye(4), 1, 1)
+    predictor = Predictor.from_checkpoints([checkpoint])
+
+    def full_disk(path: Path, labels: np.ndarray, reference: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(batch, "write_label", full_disk)
+    parts = BatchExtras(predictor.labels, statistics=True, preview=True)
+    out = tmp_path / "out"
+    [result] = predict_batch(predictor, find_cases(src, ["image"]), out, progress=False, extras=parts)
+    assert result.status == "failed" and "No space left on device" in result.error
+    assert sorted(parts.missing_parts(out, "a")) == ["preview", "qa", "statistics"]  # none merged for a failed mask
+    assert not (out / "statistics.csv").exists()
