@@ -241,7 +241,7 @@ def _components(labels: np.ndarray, n_ids: int) -> np.ndarray:
     total, node_labels, edges = 0, [], []
     prev_ids: np.ndarray | None = None
     prev_lab: np.ndarray | None = None
-    for s in _slabs(labels.shape):
+    for s in _slabs(labels.shape, _COMPONENT_SLAB_VOXELS):
         lab = labels[s]
         ids, n = cc3d.connected_components(lab, connectivity=connectivity, return_N=True, out_dtype=np.uint32)
         comp_label = np.zeros(n + 1, lab.dtype)
@@ -273,6 +273,9 @@ MAX_HISTOGRAM_BINS = 1 << 16
 _MAX_HISTOGRAM_CELLS = 1 << 24
 _SLAB_VOXELS = 1 << 20
 """Voxels per slab: its int64 keys are 8 MiB each (with 4 Mi voxels case_done on the CT peaked 46 MiB higher)."""
+_COMPONENT_SLAB_VOXELS = 1 << 22
+"""Voxels per slab of the component count: 16 MiB of uint32 ids; fewer slab faces to join
+than with 1 Mi voxels (a random network's CT mask: 0.88 s instead of 1.21 s; 8 Mi: 0.94 s)."""
 
 
 def centroid_index(mask: np.ndarray) -> np.ndarray:
@@ -297,9 +300,9 @@ def count_components(mask: np.ndarray) -> int:
     return int(_components(work.view(np.uint8), 2)[1])
 
 
-def _slabs(shape: tuple[int, ...]) -> list[slice]:
-    """Slices along axis 0 of about ``_SLAB_VOXELS`` voxels each."""
-    step = max(1, _SLAB_VOXELS // max(1, int(np.prod(shape[1:]))))
+def _slabs(shape: tuple[int, ...], voxels: int | None = None) -> list[slice]:
+    """Slices along axis 0 of about ``voxels`` (default :data:`_SLAB_VOXELS`) voxels each."""
+    step = max(1, (voxels or _SLAB_VOXELS) // max(1, int(np.prod(shape[1:]))))
     return [slice(i, min(i + step, shape[0])) for i in range(0, shape[0], step)]
 
 

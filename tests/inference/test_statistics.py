@@ -158,6 +158,14 @@ def test_integer_histogram_and_sorted_paths_match_numpy(kind: str) -> None:
         assert row["components"] == ndimage.label(labels == row["label"])[1]
 
 
+def _thin_slabs(monkeypatch: pytest.MonkeyPatch, voxels: int) -> None:
+    """Slabs of ``voxels`` for the projections and the component count alike."""
+    from medseg.inference import statistics
+
+    monkeypatch.setattr(statistics, "_SLAB_VOXELS", voxels)
+    monkeypatch.setattr(statistics, "_COMPONENT_SLAB_VOXELS", voxels)
+
+
 def test_components_counted_slab_by_slab_match_scipy(monkeypatch: pytest.MonkeyPatch) -> None:
     """Components that cross slab boundaries (slabs of 1-3 planes here) are joined, never double-counted."""
     from scipy import ndimage
@@ -167,12 +175,12 @@ def test_components_counted_slab_by_slab_match_scipy(monkeypatch: pytest.MonkeyP
     rng = np.random.default_rng(3)
     for shape, fill, slab in (((40, 12, 10), 0.45, 120), ((60, 8, 8), 0.6, 64), ((9, 9, 9), 0.0, 81)):
         mask = rng.random(shape) < fill
-        monkeypatch.setattr(statistics, "_SLAB_VOXELS", slab)
+        _thin_slabs(monkeypatch, slab)
         assert statistics.count_components(mask) == ndimage.label(mask)[1]
     snake = np.zeros((12, 3, 3), bool)  # one component that leaves and re-enters every slab boundary
     snake[:, 0, 0] = snake[:, 2, 2] = True
     snake[0, :, 0] = snake[0, 2, :] = True
-    monkeypatch.setattr(statistics, "_SLAB_VOXELS", 9)
+    _thin_slabs(monkeypatch, 9)
     assert statistics.count_components(snake) == 1
 
 
@@ -197,7 +205,7 @@ def test_label_summary_matches_scipy_per_label_with_many_labels_and_thin_slabs(
     plane = labels.shape[1] * labels.shape[2]
     assert statistics.label_summary(np.zeros_like(labels), 3).counts.tolist() == [labels.size, 0, 0]
     for slab in (plane, 2 * plane):  # 1 plane per slab, then 2 (of the uncropped map; fewer voxels cropped)
-        monkeypatch.setattr(statistics, "_SLAB_VOXELS", slab)
+        _thin_slabs(monkeypatch, slab)
         summary = statistics.label_summary(labels, 45)
         assert summary.counts.tolist() == np.bincount(labels.ravel(), minlength=45).tolist()
         assert summary.boxes == ndimage.find_objects(labels, max_label=44)
