@@ -26,7 +26,7 @@ Throughput, each configuration one fresh ``python -m medseg`` process timed from
    ``--scheduler local:2``.
 
     nice -n 5 .venv/bin/python benchmarks/bench_batch_extras.py --model RUN_DIR [--rounds 2]
-        [--skip hippocampus,ct,dask,evaluate] [--code-root DIR] [--write-results]
+        [--skip hippocampus,ct,dask,evaluate] [--ct-repeats 3] [--code-root DIR] [--write-results]
 
 ``--code-root`` runs the medseg package found there (e.g. an older commit unpacked with
 ``git archive``) for a before/after comparison; the default is this checkout.
@@ -248,6 +248,8 @@ def main() -> None:
                                                   "Task04_Hippocampus"))
     p.add_argument("--cases", type=int, default=52)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--ct-repeats", type=int, default=3,
+                   help="the CT predicted this many times (as as many cases), plain and with extras alternating")
     p.add_argument("--workdir", default="/tmp/medseg_bench_batch_extras")
     p.add_argument("--skip", default="", help="comma list of: hippocampus, ct, dask, evaluate")
     p.add_argument("--code-root", default=str(ROOT), help="folder holding the medseg package to run")
@@ -296,9 +298,15 @@ def main() -> None:
         files = bench_inference.setup(work / "ct", "b")
         masks = ct_masks(work / "ct", Path(files["image"]), Path(a.data).parent)
         print("CT 512x512x300: plain vs --statistics --preview (one process)", flush=True)
-        res = extras_in_child("ct", files["ckpt"], [files["image"]], files["warmup"], work, code_root, masks)
+        repeats = work / "ct" / "repeats"
+        shutil.rmtree(repeats, ignore_errors=True)
+        repeats.mkdir()
+        for i in range(a.ct_repeats):  # the same volume as several cases: plain and extras alternate over them
+            (repeats / f"ct{i}.nii.gz").symlink_to(Path(files["image"]).resolve())
+        inputs = [str(p) for p in sorted(repeats.glob("*.nii.gz"))]
+        res = extras_in_child("ct", files["ckpt"], inputs, files["warmup"], work, code_root, masks)
         print(json.dumps(res), flush=True)
-        extras_table("CT 512x512x300 (bench_inference case b, random 3-class UNet)", res, 1)
+        extras_table("CT 512x512x300 (bench_inference case b, random 3-class UNet)", res, a.ct_repeats)
         plain = statistics.fmean(res["plain"])
         lines.extend([
             "`case_done` on other label maps of this CT grid and image (median of 3, same process; the prediction "
