@@ -226,20 +226,26 @@ def _outputs_beside_extras(
     extras: BatchExtras, output: Path, case: str, labels: np.ndarray, image: np.ndarray | None,
     reference: Volume, paths: Sequence[Path], label_names: Mapping[str, int], fmt: str, seg_error: str,
 ) -> tuple[str, str]:
-    """The mask files written in a thread while the extras are computed: the writer spends its
-    time in zlib (which releases the GIL), the extras in numpy and cc3d. Returns the extras'
-    and the SEG's errors; a mask that cannot be written fails the case and removes its parts."""
+    """The mask files, then the preview, written in a thread while the statistics and QA flags
+    are computed: the writer spends its time in zlib (which releases the GIL), the preview in
+    Pillow, the statistics in numpy and cc3d. Returns the extras' and the SEG's errors; a mask
+    that cannot be written fails the case and removes its parts."""
+
+    def write_then_preview() -> tuple[str, str]:
+        seg = write_outputs(paths, labels, reference, label_names, fmt, seg_error)
+        return seg, (extras.preview_done(output, case, labels, image, reference.affine) if extras.preview else "")
+
     with ThreadPoolExecutor(1, thread_name_prefix="medseg-write") as pool:
-        written = pool.submit(write_outputs, paths, labels, reference, label_names, fmt, seg_error)
+        written = pool.submit(write_then_preview)
         try:
-            extra_error = extras.case_done(output, case, labels, image, reference.affine)
+            extra_error = extras.case_done(output, case, labels, image, reference.affine, ["statistics", "qa"])
         finally:
             try:
-                seg_error = written.result()
+                seg_error, preview_error = written.result()
             except BaseException:
                 extras.remove_parts(output, case)
                 raise
-    return extra_error, seg_error
+    return "; ".join(e for e in (extra_error, preview_error) if e), seg_error
 
 
 def _version() -> str:

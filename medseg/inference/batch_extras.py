@@ -89,13 +89,19 @@ class BatchExtras:
         except Exception as err:
             errors.append(f"qa: {type(err).__name__}: {err}")
         if self.preview and "preview" in parts:
-            try:
-                from medseg.inference import preview
+            errors.append(self.preview_done(output, case, labels, image, affine))
+        return "; ".join(e for e in errors if e)
 
-                preview.write_preview(preview.part_path(output, case), labels, image, affine, self.label_map)
-            except Exception as err:
-                errors.append(f"preview: {type(err).__name__}: {err}")
-        return "; ".join(errors)
+    def preview_done(self, output: Path, case: str, labels: np.ndarray, image: np.ndarray | None,
+                     affine: np.ndarray) -> str:
+        """Write the case's preview PNG; returns "" or a one-line error."""
+        try:
+            from medseg.inference import preview
+
+            preview.write_preview(preview.part_path(output, case), labels, image, affine, self.label_map)
+        except Exception as err:
+            return f"preview: {type(err).__name__}: {err}"
+        return ""
 
     def case_skipped(self, output: Path, case: Any, num_channels: int, mask_path: Path | None) -> str:
         """For a resumed case: compute the parts that are missing from its written mask and input."""

@@ -336,3 +336,23 @@ def test_a_mask_that_cannot_be_written_leaves_no_extras(tmp_path: Path, checkpoi
     assert result.status == "failed" and "No space left on device" in result.error
     assert sorted(parts.missing_parts(out, "a")) == ["preview", "qa", "statistics"]  # none merged for a failed mask
     assert not (out / "statistics.csv").exists()
+
+
+def test_a_failed_preview_fails_the_case_but_keeps_mask_and_statistics(
+    tmp_path: Path, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from medseg.inference import preview
+    from medseg.inference.batch_extras import BatchExtras
+
+    src = save_nifti(tmp_path / "in" / "a.nii.gz", np.ones((10, 10, 10), np.float32), np.eye(4), 1, 1)
+    predictor = Predictor.from_checkpoints([checkpoint])
+
+    def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(preview, "write_preview", broken)
+    parts = BatchExtras(predictor.labels, statistics=True, preview=True)
+    out = tmp_path / "out"
+    [result] = predict_batch(predictor, find_cases(src, ["image"]), out, progress=False, extras=parts)
+    assert result.status == "failed" and result.error == "mask written, but preview: RuntimeError: no fonts"
+    assert parts.missing_parts(out, "a") == ["preview"] and (out / "a.nii.gz").is_file()
