@@ -184,32 +184,37 @@ def test_components_counted_slab_by_slab_match_scipy(monkeypatch: pytest.MonkeyP
     assert statistics.count_components(snake) == 1
 
 
-@pytest.mark.parametrize(("order", "pad"), [("C", 0), ("F", 0), ("C", 3), ("F", 2)])
+@pytest.mark.parametrize(("order", "pad", "n_labels"),
+                         [("C", 0, 40), ("F", 0, 40), ("C", 3, 40), ("F", 2, 40), ("C", 0, 3), ("F", 2, 3)])
 def test_label_summary_matches_scipy_per_label_with_many_labels_and_thin_slabs(
-    order: str, pad: int, monkeypatch: pytest.MonkeyPatch
+    order: str, pad: int, n_labels: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Counts, boxes, centroids and components of 40 labels in one pass, across slab boundaries
-    (slabs of 1-2 planes), equal scipy's per-label find_objects / center_of_mass / label; also
-    inside a wider background (the work is cropped to the foreground's box: indices shift back)."""
+    """Counts, boxes, centroids and components of 40 labels (the bincount projections) or of 3
+    (each label compared) in one pass, across slab boundaries (slabs of 1-2 planes), equal
+    scipy's per-label find_objects / center_of_mass / label, an absent id included; also inside
+    a wider background (the work is cropped to the foreground's box: indices shift back)."""
     from scipy import ndimage
 
     from medseg.inference import statistics
 
     rng = np.random.default_rng(7)
-    coarse = rng.integers(0, 41, (8, 6, 5))
+    coarse = rng.integers(0, n_labels + 1, (8, 6, 5))
     labels = np.repeat(np.repeat(coarse, 3, 0), 2, 1)[:, :, :].astype(np.uint16)  # blobs that cross slabs
     labels[rng.random(labels.shape) < 0.1] = 0
-    labels[5, :, 2] = 17  # a line through many blobs of label 17
+    line = min(17, n_labels)
+    labels[5, :, 2] = line  # a line through many blobs of one label
+    assert (n_labels + 2 <= statistics._PER_LABEL_IDS) == (n_labels == 3)  # both projection paths
     labels = np.pad(labels, ((pad, 1), (2 * pad, 0), (pad, pad)))
     labels = np.asarray(labels, order=order)  # type: ignore[call-overload]
     plane = labels.shape[1] * labels.shape[2]
     assert statistics.label_summary(np.zeros_like(labels), 3).counts.tolist() == [labels.size, 0, 0]
     for slab in (plane, 2 * plane):  # 1 plane per slab, then 2 (of the uncropped map; fewer voxels cropped)
         _thin_slabs(monkeypatch, slab)
-        summary = statistics.label_summary(labels, 45)
-        assert summary.counts.tolist() == np.bincount(labels.ravel(), minlength=45).tolist()
-        assert summary.boxes == ndimage.find_objects(labels, max_label=44)
-        for label_id in range(1, 45):
+        ids = n_labels + 2  # one id more than the map has
+        summary = statistics.label_summary(labels, ids)
+        assert summary.counts.tolist() == np.bincount(labels.ravel(), minlength=ids).tolist()
+        assert summary.boxes == ndimage.find_objects(labels, max_label=ids - 1)
+        for label_id in range(1, ids):
             mask = labels == label_id
             assert summary.components[label_id] == ndimage.label(mask)[1], label_id
             if mask.any():
