@@ -163,6 +163,7 @@ def child_extras(model: str, inputs: list[str], output: Path, warmup: str,
     start = time.perf_counter()
     timed.finish(output / "extras", [c.name for c in cases], results)
     finish = time.perf_counter() - start
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # the predictions', not the masks'
     mask_seconds = {}
     if masks:
         from medseg.data.io import read_label
@@ -186,7 +187,7 @@ def child_extras(model: str, inputs: list[str], output: Path, warmup: str,
 
     return {"medseg": str(Path(medseg.__file__).parent), "plain": plain, "extras": with_extras, "case_done": spent,
             "finish": finish, "mask_case_done": mask_seconds,
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "max_rss_mb": peak_mb}
 
 
 def extras_in_child(name: str, model: str, inputs: list[str], warmup: str, work: Path, code_root: Path,
@@ -315,7 +316,7 @@ def main() -> None:
             "| the random network's (the prediction above: 3 labels in fragments everywhere) | "
             f"{statistics.fmean(res['case_done']):.2f} | {statistics.fmean(res['case_done']) / plain * 100:.1f} % |",
             *(f"| {MASK_TITLES[k]} | {v:.2f} | **{v / plain * 100:.1f} %** |" for k, v in res["mask_case_done"].items()),
-            "",
+            "", f"Peak RSS of the process that predicted the CT plain and with extras: {res['max_rss_mb']:.0f} MiB.", "",
         ])
     if "dask" not in skip:
         print("hippocampus predict: --workers 2 vs --scheduler local:2", flush=True)
