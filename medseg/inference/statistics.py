@@ -36,6 +36,7 @@ import csv
 import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -111,9 +112,14 @@ def analyse_case(
     # everything below looks at the foreground's bounding box only (background outside it is
     # neither a structure's voxel nor its intensity)
     labels, image, origin = _foreground_crop(labels, image)
-    summary = _summarize(labels, n_ids, transposed, origin, size)
+    if image is not None:  # the histogram (numpy: releases the GIL) beside the summary (cc3d: holds it)
+        with ThreadPoolExecutor(1, thread_name_prefix="medseg-histogram") as pool:
+            binned = pool.submit(_intensity_histograms, labels, image, n_ids)
+            summary = _summarize(labels, n_ids, transposed, origin, size)
+            histograms = binned.result()
+    else:
+        summary, histograms = _summarize(labels, n_ids, transposed, origin, size), None
     counts = summary.counts
-    histograms = _intensity_histograms(labels, image, n_ids) if image is not None else None
     segments = _intensity_segments(labels.reshape(-1), image, counts) if histograms is None else None
     rows = []
     for label_id, name in structures:
