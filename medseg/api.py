@@ -106,6 +106,7 @@ def predict(
     tta: bool | None = None,
     overlap: float | None = None,
     sw_batch_size: int | None = None,
+    precision: str | None = None,
     postprocess: bool = True,
     split: str = "auto",
     resume: bool = True,
@@ -155,7 +156,7 @@ def predict(
         models = [model] if isinstance(model, str | Path) else list(model)
         predictor = Predictor.from_spec(PredictorSpec(
             models=[str(m) for m in models], device=device, tta=tta, overlap=overlap,
-            sw_batch_size=sw_batch_size, postprocess=postprocess,
+            sw_batch_size=sw_batch_size, postprocess=postprocess, precision=precision,
         ))
     if Path(input).resolve() == Path(output).resolve():
         raise InputError(f"output {output}: is the input folder; choose another folder")

@@ -34,6 +34,7 @@ from medseg.data.grid import canonical_spacing, label_dtype, voxel_spacing
 from medseg.data.inverse import labels_to_input
 from medseg.data.io import Volume
 from medseg.data.preprocess import PreparedCase, PreprocessingPlan, prepare_case
+from medseg.hardware import INFERENCE_PRECISIONS
 from medseg.inference.allocator import release_free_memory
 from medseg.inference.block_source import BlockSource
 from medseg.inference.blocks import BlockPlan, Box, evaluated
@@ -69,6 +70,8 @@ class PredictorSpec:
     """Force the CRF on/off (None: the config's ``inference.crf.enabled``)."""
     block_bytes: int | None = None
     """Memory budget of one block's class probabilities (None: :data:`BLOCK_BYTES`)."""
+    precision: str | None = None
+    """Override every member's ``inference.precision`` (fp32, bf16, auto; None keeps each one's)."""
 
 
 def resolve_device(device: str | None) -> str:
@@ -104,7 +107,7 @@ def load_model(path: Path | str, device: str = "cpu") -> tuple[LoadedModel, Prep
 class Predictor:
     """Predict label maps with one network or an ensemble, in the input's exact geometry.
 
-    ``tta``/``overlap``/``sw_batch_size``: override the checkpoints' ``inference``
+    ``tta``/``overlap``/``sw_batch_size``/``precision``: override the checkpoints' ``inference``
     settings (None keeps each member's own). ``apply_postprocess``: run the configured
     per-structure post-processing (and the configured CRF). ``crf``: force the CRF on the
     network-grid probabilities on or off (None: ``inference.crf.enabled``). Usually built with
@@ -143,6 +146,7 @@ class Predictor:
         apply_postprocess: bool = True,
         crf: bool | None = None,
         block_bytes: int | None = None,
+        precision: str | None = None,
     ) -> None:
         if not models:
             raise ValueError("Predictor needs at least one model")
@@ -150,8 +154,11 @@ class Predictor:
             raise ValueError(f"overlap {overlap}: expected a fraction in [0, 1), e.g. 0.5")
         if sw_batch_size is not None and sw_batch_size < 1:
             raise ValueError(f"sw_batch_size {sw_batch_size}: expected a positive number of windows")
+        if precision is not None and precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"precision {precision!r}: expected one of {', '.join(INFERENCE_PRECISIONS)}")
         self.plan = plan
-        self.models = [dataclasses.replace(m, cfg=self._override(m.cfg, tta, overlap, sw_batch_size)) for m in models]
+        self.models = [dataclasses.replace(m, cfg=self._override(m.cfg, tta, overlap, sw_batch_size, precision))
+                       for m in models]
         self.spec: PredictorSpec | None = None
         self.post: PostprocessSpec = (
             resolve_spec(self.models[0].cfg.inference, plan.labels) if apply_postprocess else PostprocessSpec()
@@ -164,8 +171,11 @@ class Predictor:
         """The block plan of the latest prediction (for logs and benchmarks)."""
 
     @staticmethod
-    def _override(cfg: PipelineConfig, tta: bool | None, overlap: float | None, sw: int | None) -> PipelineConfig:
+    def _override(cfg: PipelineConfig, tta: bool | None, overlap: float | None, sw: int | None,
+                  precision: str | None = None) -> PipelineConfig:
         inf = dataclasses.replace(cfg.inference)
+        if precision is not None:
+            inf.precision = precision  # type: ignore[assignment]  # checked in __init__
         if tta is not None:
             inf.tta = tta
         if overlap is not None:
@@ -188,7 +198,7 @@ class Predictor:
         for (_, other), path in zip(loaded[1:], spec.models[1:], strict=True):
             _check_same_plan(plan, other, spec.models[0], path)
         predictor = cls([m for m, _ in loaded], plan, spec.tta, spec.overlap, spec.sw_batch_size, spec.postprocess,
-                        spec.crf, spec.block_bytes)
+                        spec.crf, spec.block_bytes, spec.precision)
         predictor.spec = spec
         return predictor
 

@@ -18,18 +18,34 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
 from medseg.config import PipelineConfig, patch_mirror_axes
+from medseg.hardware import inference_autocast_dtype
 
 
-def _logits_only(net: torch.nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+def _logits_only(net: torch.nn.Module, autocast: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The network's full-resolution output; with ``autocast`` (bf16/fp16) its forward pass
+    runs in that dtype on the input's device and the output comes back as float32, so the
+    blending, softmax and argmax stay fp32 (:func:`network_autocast`)."""
+
     def run(x: torch.Tensor) -> torch.Tensor:
-        out = net(x)
+        if autocast is None:
+            out = net(x)
+        else:
+            with torch.autocast(device_type=x.device.type, dtype=autocast):
+                out = net(x)
         if isinstance(out, list | tuple):  # deep supervision heads: the first is full resolution
             out = out[0]
         elif out.ndim == x.ndim + 1:  # DynUNet stacks heads on dim 1 in training mode
             out = out[:, 0]
-        return out
+        return out if autocast is None else out.float()
 
     return run
+
+
+def network_autocast(net: torch.nn.Module, cfg: PipelineConfig) -> torch.dtype | None:
+    """The autocast dtype of ``net``'s forward passes: ``inference.precision`` resolved for the
+    device its parameters are on (:func:`medseg.hardware.inference_autocast_dtype`)."""
+    device = next((p.device for p in net.parameters()), torch.device("cpu"))
+    return inference_autocast_dtype(cfg.inference.precision, device)
 
 
 def flips_for(cfg: PipelineConfig, tta: bool) -> list[tuple[int, ...]]:
@@ -45,7 +61,7 @@ def _window_probs(
     net: torch.nn.Module, x: torch.Tensor, roi: tuple[int, ...], cfg: PipelineConfig, tta: bool
 ) -> torch.Tensor:
     """Softmax probabilities (B, K, *spatial) for a batch (B, C, *spatial)."""
-    run = _logits_only(net)
+    run = _logits_only(net, network_autocast(net, cfg))
     inf = cfg.inference
     flips = [tuple(2 + a for a in f) for f in flips_for(cfg, tta)]  # (B, C, *spatial) dims
 

@@ -32,10 +32,10 @@ from pytorch_lightning.callbacks import (
 
 import medseg
 from medseg.config import PipelineConfig
+from medseg.hardware import cpu_has_native_bf16
 from medseg.logs import ensure_handler, filter_third_party_noise
 from medseg.training.curves import plot_learning_curve
 from medseg.training.loggers import build_loggers
-from medseg.training.precision import cpu_has_native_bf16
 from medseg.training.progress import progress_callbacks
 from medseg.utils import atomic_write_text
 

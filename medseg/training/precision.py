@@ -13,39 +13,12 @@ else fp16-mixed with loss scaling.
 from __future__ import annotations
 
 import logging
-import sys
-from pathlib import Path
 
 import torch
 
+from medseg.hardware import cpu_has_native_bf16
+
 log = logging.getLogger("medseg.train")
-
-NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-"""/proc/cpuinfo flags meaning that oneDNN computes bf16 convolutions natively."""
-
-
-def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
-    """The CPU feature flags listed in ``cpuinfo`` (empty where there is no such file)."""
-    try:
-        text = cpuinfo.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):  # x86 / ARM spelling
-            return set(value.split())
-    return set()
-
-
-def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
-    """True when the CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16, ARM BF16).
-
-    Only Linux exposes the flags (``/proc/cpuinfo``); elsewhere the answer is False, the
-    safe choice (fp32 is never pathologically slow).
-    """
-    if flags is None:
-        flags = cpu_flags() if sys.platform.startswith("linux") else set()
-    return any(f in flags for f in NATIVE_BF16_CPU_FLAGS) or "bf16" in flags
 
 
 def uses_gpu(accelerator: str) -> bool:

@@ -204,3 +204,39 @@ def test_block_probabilities_sum_to_one(net: torch.nn.Module) -> None:
         out = block_probabilities(members, torch.randn(1, 16, 16, 16), ((2, 9), (0, 16), (5, 6)), classes)
     assert out.shape == (classes, 7, 16, 1) and not out.requires_grad  # no autograd graph of every window
     torch.testing.assert_close(out.sum(0), torch.ones(7, 16, 1))
+
+
+@pytest.mark.parametrize("kind", ["conv", "head"])
+def test_bf16_runs_the_networks_in_bf16_and_blocks_follow_the_whole_volume(kind: str) -> None:
+    """``inference.precision: bf16``: the convolutions compute in bf16 (a hook sees their
+    outputs), the probabilities come back float32 and differ from fp32's by bf16 rounding only;
+    blocks give the whole volume's probabilities exactly where both run the same network per
+    window (probabilities path), within bf16 rounding where the block path applies the head in
+    fp32 to bf16 trunk features (feature path)."""
+    classes = 12
+    net = (ConvNet(classes) if kind == "conv" else HeadNet(classes)).eval()
+    cfg = _cfg([16, 16, 16], True, mirror=[0, 2])
+    cfg.inference.precision = "bf16"
+    fp32_cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, precision="fp32"))
+    first = net.net[0] if isinstance(net, ConvNet) else net.body[0]
+    seen: list[torch.dtype] = []
+    first.register_forward_hook(lambda module, inputs, output: seen.append(output.dtype))
+    image = torch.randn(1, 30, 24, 20)
+    members: list[tuple[torch.nn.Module, PipelineConfig]] = [(net, cfg)]
+    assert (feature_split(net, cfg, classes, 1) is not None) == (kind == "head")
+    seen.clear()  # the split's one-off fp32 check
+    with torch.no_grad():
+        whole = _whole(members, image)
+        assert seen and set(seen) == {torch.bfloat16} and whole.dtype == torch.float32
+        seen.clear()
+        reference = _whole([(net, fp32_cfg)], image)
+        assert set(seen) == {torch.float32}
+        assert 1e-4 < float((whole - reference).abs().max()) < 0.05  # rounded, not another computation
+        plan = plan_for(members, image.shape[1:], classes, bytes_per_voxel(members, classes) * 5000)
+        assert len(plan.blocks) >= 2
+        for box in plan.blocks:
+            ev = evaluated(box, tuple(image.shape[1:]))
+            got = block_probabilities(members, image, ev, classes)
+            assert got.dtype == torch.float32
+            want = whole[(slice(None), *(slice(lo, hi) for lo, hi in ev))]
+            torch.testing.assert_close(got, want, rtol=0, atol=2e-6 if kind == "conv" else 0.05)

@@ -226,3 +226,11 @@ def test_block_wise_prediction_equals_the_whole_volume_path() -> None:
     differ = got != expected
     assert differ.mean() < 1e-3, f"{int(differ.sum())} of {differ.size} voxels differ"
     assert len(np.unique(got)) > 10  # a fragmented map: many boundaries were resampled
+
+
+def test_precision_override_reaches_every_member_and_is_checked(checkpoint: Path) -> None:
+    predictor = Predictor.from_checkpoints([checkpoint, checkpoint], precision="bf16")
+    assert [m.cfg.inference.precision for m in predictor.models] == ["bf16", "bf16"]
+    assert [m.cfg.inference.precision for m in Predictor.from_checkpoints([checkpoint]).models] == ["fp32"]
+    with pytest.raises(ValueError, match="precision 'fp16': expected one of fp32, bf16, auto"):
+        Predictor.from_checkpoints([checkpoint], precision="fp16")

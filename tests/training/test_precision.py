@@ -3,33 +3,11 @@
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import pytest
 import torch
 
 from medseg.training import precision as P
-
-ZEN3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\nflags\t\t: fpu sse sse2 avx avx2 fma\n\nprocessor\t: 1\nflags\t\t: fpu avx2\n"
-SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
-GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
-
-
-def _cpuinfo(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "cpuinfo"
-    path.write_text(text)
-    return path
-
-
-def test_cpu_flags_parse_x86_and_arm(tmp_path: Path) -> None:
-    assert P.cpu_flags(_cpuinfo(tmp_path, ZEN3)) == {"fpu", "sse", "sse2", "avx", "avx2", "fma"}
-    assert "bf16" in P.cpu_flags(_cpuinfo(tmp_path, GRAVITON3))
-    assert P.cpu_flags(tmp_path / "missing") == set()
-
-
-@pytest.mark.parametrize(("text", "native"), [(ZEN3, False), (SAPPHIRE_RAPIDS, True), (GRAVITON3, True)])
-def test_native_bf16_detection(tmp_path: Path, text: str, native: bool) -> None:
-    assert P.cpu_has_native_bf16(P.cpu_flags(_cpuinfo(tmp_path, text))) is native
 
 
 def test_auto_on_cpu_follows_native_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
