@@ -1,10 +1,11 @@
 """Held-out Dice, network throughput, predict time, peak RSS and size of deployed models.
 
-    OMP_NUM_THREADS=2 python benchmarks/bench_deploy_models.py REFERENCE_RUN OUT.json NAME=MODEL [NAME=MODEL ...]
+    OMP_NUM_THREADS=2 python benchmarks/bench_deploy_models.py REFERENCE_RUN OUT.json NAME=MODEL[@bf16] ...
         [--data DIR]
 
 MODEL: a run directory (``medseg train``, ``prune``, ``distill``) or an export folder
-(``medseg export``, e.g. ``--quantize int8``). Every model predicts the validation cases of
+(``medseg export``, e.g. ``--quantize int8``); ``@bf16`` runs a torch network under bf16
+autocast (``medseg predict --precision bf16``). Every model predicts the validation cases of
 REFERENCE_RUN's split.json (runs made from it with the same data and seed share that split;
 checked) with TTA: ``medseg predict --tta`` then ``medseg evaluate`` in child processes (wall
 time and peak RSS of the predict). Network throughput: windows/s of the network as predict
@@ -48,9 +49,9 @@ def load(model: Path) -> tuple[torch.nn.Module, object, int]:
     return net, cfg, sum(p.numel() * 4 for p in net.parameters())
 
 
-def throughput(net: torch.nn.Module, patch: list[int]) -> float:
+def throughput(net: torch.nn.Module, patch: list[int], precision: str = "fp32") -> float:
     x = torch.randn(2, 1, *patch)
-    with torch.no_grad():
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
         net(x)  # warm-up
         start = time.perf_counter()
         for _ in range(REPEATS):
@@ -58,14 +59,22 @@ def throughput(net: torch.nn.Module, patch: list[int]) -> float:
     return REPEATS * len(x) / (time.perf_counter() - start)
 
 
-def measure(name: str, model: Path, manifest: Path, work: Path) -> dict[str, object]:
+def split_spec(item: str) -> tuple[str, Path, str]:
+    """NAME=MODEL[@PRECISION] -> (name, model, precision)."""
+    name, rest = item.split("=", 1)
+    model, _, precision = rest.partition("@")
+    return name, Path(model), precision or "fp32"
+
+
+def measure(name: str, model: Path, manifest: Path, work: Path, precision: str = "fp32") -> dict[str, object]:
     net, cfg, size = load(model)
-    rate = throughput(net, list(cfg.data.patch_size))  # type: ignore[attr-defined]
+    rate = throughput(net, list(cfg.data.patch_size), precision)  # type: ignore[attr-defined]
     params = sum(p.numel() for p in net.parameters()) if not is_export_dir(model) else None
     del net
     pred, ev = work / f"{name}_pred", work / f"{name}_eval"
     rc, seconds, peak_mb = measured([sys.executable, "-m", "medseg", "predict", "--model", str(model), "--input",
-                                     str(manifest), "--output", str(pred), "--tta"])
+                                     str(manifest), "--output", str(pred), "--tta",
+                                     *(["--precision", precision] if precision != "fp32" else [])])
     if rc != 0:
         return {"error": f"predict exited {rc}"}
     subprocess.run([sys.executable, "-m", "medseg", "evaluate", "--pred", str(pred), "--ref", str(manifest),
@@ -73,7 +82,8 @@ def measure(name: str, model: Path, manifest: Path, work: Path) -> dict[str, obj
     dice = sorted(per_case(ev).values())
     return {"model": str(model), "mean_dice": statistics.fmean(dice), "cases": len(dice), "min_dice": dice[0],
             "windows_per_s": rate, "predict_s": seconds, "predict_peak_rss_mb": peak_mb, "size_mb": size / 1e6,
-            "parameters": params, "channels": list(cfg.model.channels)}  # type: ignore[attr-defined]
+            "parameters": params, "channels": list(cfg.model.channels),  # type: ignore[attr-defined]
+            "precision": precision}
 
 
 def render(results: dict[str, dict]) -> str:
@@ -107,20 +117,21 @@ def main() -> int:
     manifest = held_out_manifest(args.reference, args.data.resolve())
     results = json.loads(args.out.read_text(encoding="utf-8")) if args.out.is_file() else {}
     for item in args.models:
-        name, model = item.split("=", 1)
-        split = Path(model) / "split.json"
+        name, model, precision = split_spec(item)
+        split = model / "split.json"
         if split.is_file() and json.loads(split.read_text(encoding="utf-8"))["val"] != val:
             raise SystemExit(f"{model}: its validation cases differ from {args.reference}'s: not held out for it")
         if name not in results:
-            results[name] = measure(name, Path(model), manifest, work)
+            results[name] = measure(name, model, manifest, work, precision)
             args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
         print(name, json.dumps(results[name]), flush=True)
     if args.rounds:
-        nets = {item.split("=", 1)[0]: load(Path(item.split("=", 1)[1]))[:2] for item in args.models}
+        specs = [split_spec(item) for item in args.models]
+        nets = {name: (*load(model)[:2], precision) for name, model, precision in specs}
         rates: dict[str, list[float]] = {name: [] for name in nets}
         for _ in range(args.rounds):
-            for name, (net, cfg) in nets.items():
-                rates[name].append(throughput(net, list(cfg.data.patch_size)))  # type: ignore[attr-defined]
+            for name, (net, cfg, precision) in nets.items():
+                rates[name].append(throughput(net, list(cfg.data.patch_size), precision))  # type: ignore[attr-defined]
         for name, values in rates.items():
             results[name].update(windows_per_s=statistics.median(values), windows_per_s_rounds=values)
         args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")
