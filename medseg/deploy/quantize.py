@@ -5,8 +5,12 @@ runs it on real preprocessed calibration windows (:mod:`medseg.deploy.calibratio
 measure activation ranges, and writes ``model.int8.onnx``: QDQ format (QuantizeLinear /
 DequantizeLinear pairs around each convolution, which ONNX Runtime's CPU provider fuses
 into integer QLinearConv kernels), int8 weights with one scale per output channel,
-uint8/int8 activations. Normalisation layers, activations and the final softmax-free
-logits stay float. :func:`int8_ops` reports which operators carry int8 tensors.
+symmetric int8 activations (zero point 0: OpenVINO then fuses the dequantisation into its
+int8 kernels, normalisations and transposed convolutions included; with uint8 activations
+their zero points cost separate Subtract nodes, 24 % of the time, and the transposed
+convolutions ran in fp32: 1.44x fewer windows/s on the hippocampus DynUNet,
+benchmarks/RESULTS.md). Normalisation layers, activations and the final softmax-free
+logits stay float in the graph. :func:`int8_ops` reports which operators carry int8 tensors.
 
 The export folder keeps the same ``medseg_export.json`` as a float export, so
 ``medseg predict --model DIR`` runs it through the same windows, TTA, resampling and
@@ -88,8 +92,9 @@ def quantize_onnx(fp32: Path, int8: Path, windows: np.ndarray) -> None:
         with atomic_path(int8) as tmp:
             q.quantize_static(
                 str(fp32), str(tmp), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
-                activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
+                activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8,
                 calibrate_method=q.CalibrationMethod.MinMax, op_types_to_quantize=list(QUANTISED_OPS),
+                extra_options={"ActivationSymmetric": True},
             )
     finally:
         quiet.setLevel(level)
@@ -124,7 +129,7 @@ def export_int8(model: Path | str, output: Path | str, calibration: Path | str, 
     meta["files"] = {INT8_KIND: INT8_FILE}
     meta["precision"] = "int8"
     meta["quantization"] = {
-        "quantiser": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8 per output channel", "activations": "uint8",
+        "quantiser": "onnxruntime.quantization.quantize_static", "format": "QDQ", "weights": "int8 per output channel", "activations": "int8 symmetric",
         "calibration": str(Path(calibration).resolve()), "calibration_windows": len(windows),
         "method": "MinMax", "fp32_bytes": fp32_bytes, "int8_bytes": (output / INT8_FILE).stat().st_size,
         "ops": int8_ops(output / INT8_FILE),

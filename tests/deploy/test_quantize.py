@@ -41,6 +41,22 @@ def test_int8_export_metadata(int8_export: Path) -> None:
     assert type(net).__name__ == "OpenVinoNetwork"  # the faster runtime, installed by the deploy extra
 
 
+def test_int8_activations_are_symmetric(int8_export: Path) -> None:
+    """Activations quantised to int8 with zero point 0 (OpenVINO fuses those into its int8
+    kernels; uint8 zero points left Subtract nodes and fp32 transposed convolutions)."""
+    import onnx
+    from onnx import numpy_helper
+
+    assert json.loads((int8_export / METADATA).read_text(encoding="utf-8"))["quantization"]["activations"] == \
+        "int8 symmetric"
+    model = onnx.load(str(int8_export / "model.int8.onnx"))
+    inits = {i.name: i for i in model.graph.initializer}
+    points = [inits[n.input[2]] for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert points
+    assert {z.data_type for z in points} == {onnx.TensorProto.INT8}
+    assert all(not numpy_helper.to_array(z).any() for z in points)
+
+
 @pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
 def test_int8_export_predicts_the_fp32_masks(phantom_run: tuple[Path, Path], int8_export: Path, runtime: str) -> None:
     run, manifest = phantom_run
