@@ -1,10 +1,10 @@
-"""fp32 vs int8 on the 512x512x300 CT of the inference benchmark (issue: deployment).
+"""fp32 vs bf16 vs int8 on the 512x512x300 CT of the inference benchmark (issue: deployment).
 
 The CT phantom and its randomly initialised 3-class UNet are ``bench_inference.py``'s case (b)
 (its ``setup``, imported). The checkpoint is exported with ``medseg export --quantize int8``,
 calibrated on the CT itself (a Decathlon manifest listing it as a test image: 4 windows), and
-``medseg predict`` runs the checkpoint (torch fp32) and the int8 export (OpenVINO, medseg's int8
-runtime) in alternating child processes under ``/usr/bin/time -v`` (``--repeats`` pairs, so
+``medseg predict`` runs the checkpoint (torch fp32, and with ``--precision bf16``) and the int8
+export (OpenVINO, medseg's int8 runtime) in alternating child processes under ``/usr/bin/time -v`` (``--repeats`` pairs, so
 both see the same machine load): peak RSS, the case's seconds, the process's wall seconds, and
 the agreement of the two masks (Dice per label; a random network's logits are near ties almost
 everywhere, so low agreement here says nothing about a trained model's).
@@ -63,12 +63,13 @@ def main() -> int:
     files = setup(Path(args.workdir), "b")
     folder = Path(args.workdir) / "b"
     int8 = export_int8(files, folder)
-    models = {"fp32 (torch)": files["ckpt"], "int8 (OpenVINO)": str(int8)}
+    models = {"fp32 (torch)": (files["ckpt"], [], "fp32"), "bf16 (torch autocast)": (files["ckpt"], ["--precision", "bf16"], "bf16"),
+              "int8 (OpenVINO)": (str(int8), [], "int8")}
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in models}
-    outs = {k: folder / f"deploy_bench_{'int8' if 'int8' in k else 'fp32'}" for k in models}
+    outs = {k: folder / f"deploy_bench_{tag}" for k, (_, _, tag) in models.items()}
     for i in range(args.repeats):
-        for name, model in models.items():
-            r = predict_process(model, files["image"], outs[name], [])
+        for name, (model, extra, _) in models.items():
+            r = predict_process(model, files["image"], outs[name], extra)
             runs[name].append(r)
             print(f"run {i + 1} {name}: {r}", file=sys.stderr, flush=True)
     print("| CT 512x512x300, 3 classes | peak RSS MB (runs) | case seconds (runs) | process wall s (runs) |")
@@ -79,10 +80,12 @@ def main() -> int:
         wall = ", ".join(f"{r['wall_s']:.1f}" for r in rs)
         print(f"| {name} | {max(r['peak_rss_mb'] for r in rs):.0f} ({peak}) | {min(r['seconds'] for r in rs):.1f} "
               f"({secs}) | {min(r['wall_s'] for r in rs):.1f} ({wall}) |")
-    fp32, q = (min(r["seconds"] for r in rs) for rs in runs.values())
-    print(f"\nint8 case seconds x{q / fp32:.2f} of fp32 ({fp32 / q:.2f}x faster)")
+    best = {name: min(r["seconds"] for r in rs) for name, rs in runs.items()}
+    fp32 = best["fp32 (torch)"]
     name = Path(files["image"]).name
-    print("masks fp32 vs int8:", json.dumps(agreement(outs["fp32 (torch)"] / name, outs["int8 (OpenVINO)"] / name)))
+    for other in list(models)[1:]:
+        print(f"\n{other}: case seconds x{best[other] / fp32:.2f} of fp32 ({fp32 / best[other]:.2f}x faster); masks vs fp32:",
+              json.dumps(agreement(outs["fp32 (torch)"] / name, outs[other] / name)))
     return 0
 
 
