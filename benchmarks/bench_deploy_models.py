@@ -5,7 +5,8 @@
 
 MODEL: a run directory (``medseg train``, ``prune``, ``distill``) or an export folder
 (``medseg export``, e.g. ``--quantize int8``); ``@bf16`` runs a torch network under bf16
-autocast (``medseg predict --precision bf16``). Every model predicts the validation cases of
+autocast (``medseg predict --precision bf16``). Networks run as ``medseg predict`` runs them, in
+the memory format ``inference.memory_format: auto`` chooses (recorded in OUT.json). Every model predicts the validation cases of
 REFERENCE_RUN's split.json (runs made from it with the same data and seed share that split;
 checked) with TTA: ``medseg predict --tta`` then ``medseg evaluate`` in child processes (wall
 time and peak RSS of the predict). Network throughput: windows/s of the network as predict
@@ -19,12 +20,14 @@ appended to OUT.json as they come (a rerun skips the models already there); the 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -33,6 +36,7 @@ from bench_limited_labels import per_case
 from bench_training import held_out_manifest, measured
 
 from medseg.inference.export import METADATA, is_export_dir, load_exported
+from medseg.inference.window import _LAYOUTS, network_runner
 from medseg.models.checkpoint import best_checkpoint, load_network
 
 REPEATS = 5
@@ -49,13 +53,17 @@ def load(model: Path) -> tuple[torch.nn.Module, object, int]:
     return net, cfg, sum(p.numel() * 4 for p in net.parameters())
 
 
-def throughput(net: torch.nn.Module, patch: list[int], precision: str = "fp32") -> float:
-    x = torch.randn(2, 1, *patch)
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        net(x)  # warm-up
+def throughput(net: torch.nn.Module, cfg: Any, precision: str = "fp32") -> float:
+    """Windows/s of ``net`` as medseg predict runs it: its precision and memory format
+    (``inference.memory_format``, auto by default: the layout decided once per network)."""
+    cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, precision=precision))
+    x = torch.randn(2, 1, *cfg.data.patch_size)
+    run = network_runner(net, cfg, tuple(x.shape))
+    with torch.no_grad():
+        run(x)  # warm-up
         start = time.perf_counter()
         for _ in range(REPEATS):
-            net(x)
+            run(x)
     return REPEATS * len(x) / (time.perf_counter() - start)
 
 
@@ -68,7 +76,8 @@ def split_spec(item: str) -> tuple[str, Path, str]:
 
 def measure(name: str, model: Path, manifest: Path, work: Path, precision: str = "fp32") -> dict[str, object]:
     net, cfg, size = load(model)
-    rate = throughput(net, list(cfg.data.patch_size), precision)  # type: ignore[attr-defined]
+    rate = throughput(net, cfg, precision)
+    layout = _LAYOUTS.get(net, ("", None))[1]
     params = sum(p.numel() for p in net.parameters()) if not is_export_dir(model) else None
     del net
     pred, ev = work / f"{name}_pred", work / f"{name}_eval"
@@ -83,7 +92,7 @@ def measure(name: str, model: Path, manifest: Path, work: Path, precision: str =
     return {"model": str(model), "mean_dice": statistics.fmean(dice), "cases": len(dice), "min_dice": dice[0],
             "windows_per_s": rate, "predict_s": seconds, "predict_peak_rss_mb": peak_mb, "size_mb": size / 1e6,
             "parameters": params, "channels": list(cfg.model.channels),  # type: ignore[attr-defined]
-            "precision": precision}
+            "precision": precision, "memory_format": str(layout) if layout is not None else "contiguous"}
 
 
 def render(results: dict[str, dict]) -> str:
@@ -131,7 +140,7 @@ def main() -> int:
         rates: dict[str, list[float]] = {name: [] for name in nets}
         for _ in range(args.rounds):
             for name, (net, cfg, precision) in nets.items():
-                rates[name].append(throughput(net, list(cfg.data.patch_size), precision))  # type: ignore[attr-defined]
+                rates[name].append(throughput(net, cfg, precision))
         for name, values in rates.items():
             results[name].update(windows_per_s=statistics.median(values), windows_per_s_rounds=values)
         args.out.write_text(json.dumps(results, indent=2), encoding="utf-8")

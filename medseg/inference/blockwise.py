@@ -37,7 +37,7 @@ from medseg.config import ModelConfig, PipelineConfig, network_strides
 from medseg.inference.block_source import BlockSource, FeatureMember, softmax_
 from medseg.inference.blocks import BlockPlan, Box, WindowGrid, intersects, plan_blocks, window_grid
 from medseg.inference.resample import running_argmax
-from medseg.inference.window import _logits_only, flips_for, network_autocast, predict_probabilities
+from medseg.inference.window import flips_for, network_runner, predict_probabilities
 from medseg.models.head import SplitNetwork, split_head
 
 BLOCK_BYTES = 512 * 2**20
@@ -186,7 +186,7 @@ def member_features(split: SplitNetwork, image: torch.Tensor, cfg: PipelineConfi
     """The blended trunk features of every mirrored pass of one member over ``box``."""
     device = next(split.trunk.parameters()).device
     grid, weight, sw_batch = _window_setup(cfg, image, split.head.in_channels, device)
-    run = _logits_only(split.trunk, network_autocast(split.trunk, cfg))
+    run = network_runner(split.trunk, cfg, (sw_batch, image.shape[0], *grid.roi))
     passes = [
         _pass_outputs(run, image, grid, box, flip, weight, sw_batch, split.head.in_channels)
         for flip in flips_for(cfg, cfg.inference.tta)
@@ -207,7 +207,7 @@ def member_probabilities(net: torch.nn.Module, image: torch.Tensor, cfg: Pipelin
     if cfg.model.spatial_dims == 2:
         return _slices_2d(net, image, cfg, box, flips).to(device)
     grid, weight, sw_batch = _window_setup(cfg, image, num_classes, device)
-    run = _logits_only(net, network_autocast(net, cfg))
+    run = network_runner(net, cfg, (sw_batch, image.shape[0], *grid.roi))
     total: torch.Tensor | None = None
     for flip in flips:
         probs = softmax_(_pass_outputs(run, image, grid, box, flip, weight, sw_batch, num_classes))

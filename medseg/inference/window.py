@@ -11,7 +11,9 @@ as channels for 2.5D) and the slices are stacked back in place.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable
+import time
+import weakref
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -21,12 +23,16 @@ from medseg.config import PipelineConfig, patch_mirror_axes
 from medseg.hardware import inference_autocast_dtype
 
 
-def _logits_only(net: torch.nn.Module, autocast: torch.dtype | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+def _logits_only(net: torch.nn.Module, autocast: torch.dtype | None = None,
+                 layout: torch.memory_format | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
     """The network's full-resolution output; with ``autocast`` (bf16/fp16) its forward pass
     runs in that dtype on the input's device and the output comes back as float32, so the
-    blending, softmax and argmax stay fp32 (:func:`network_autocast`)."""
+    blending, softmax and argmax stay fp32 (:func:`network_autocast`); with ``layout`` the
+    input is given that memory format (:func:`network_layout` has converted the weights)."""
 
     def run(x: torch.Tensor) -> torch.Tensor:
+        if layout is not None:
+            x = x.contiguous(memory_format=layout)
         if autocast is None:
             out = net(x)
         else:
@@ -39,6 +45,57 @@ def _logits_only(net: torch.nn.Module, autocast: torch.dtype | None = None) -> C
         return out if autocast is None else out.float()
 
     return run
+
+
+_LAYOUTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[str, torch.memory_format | None]] = weakref.WeakKeyDictionary()
+"""Per network: the ``memory_format`` setting it was prepared for and the layout its weights
+were converted to (None: PyTorch's default)."""
+
+
+def _forward_seconds(net: torch.nn.Module, x: torch.Tensor, autocast: torch.dtype | None) -> float:
+    with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+        start = time.perf_counter()
+        net(x)
+        return time.perf_counter() - start
+
+
+def network_layout(net: torch.nn.Module, cfg: PipelineConfig, example: Sequence[int]) -> torch.memory_format | None:
+    """The memory format ``net`` runs in for ``inference.memory_format`` (None: PyTorch's
+    default), its weights converted to it. ``auto``, once per network: on a CPU, a forward
+    pass of zeros of shape ``example`` (a window batch) timed in both layouts (a warm-up,
+    then the best of two each, with the configured precision), the faster kept; elsewhere
+    PyTorch's default (as ``trainer.memory_format``, :mod:`medseg.training.layout`)."""
+    requested = cfg.inference.memory_format
+    if requested not in ("auto", "channels_last", "contiguous"):
+        raise ValueError(f"inference.memory_format {requested!r}: expected auto, channels_last or contiguous")
+    fmt = torch.channels_last_3d if len(example) == 5 else torch.channels_last
+    params = list(net.parameters())
+    prepared = _LAYOUTS.get(net)
+    if prepared is not None and prepared[0] == requested:
+        return prepared[1]
+    choice: torch.memory_format | None = fmt if requested == "channels_last" else None
+    if requested == "auto" and params and params[0].device.type == "cpu" and len(example) in (4, 5):
+        autocast = network_autocast(net, cfg)
+        x = torch.zeros(tuple(example), device=params[0].device)
+        best: dict[torch.memory_format | None, float] = {}
+        for i in range(3):
+            for layout in (None, fmt):
+                net.to(memory_format=layout or torch.contiguous_format)  # type: ignore[call-overload]
+                seconds = _forward_seconds(net, x if layout is None else x.contiguous(memory_format=layout), autocast)
+                if i:
+                    best[layout] = min(best.get(layout, seconds), seconds)
+        choice = fmt if best[fmt] < best[None] else None
+    if params:
+        net.to(memory_format=choice or torch.contiguous_format)  # type: ignore[call-overload]
+    _LAYOUTS[net] = (requested, choice)
+    return choice
+
+
+def network_runner(net: torch.nn.Module, cfg: PipelineConfig, example: Sequence[int]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """:func:`_logits_only` with ``cfg``'s precision and memory format (``example``: the shape
+    of a window batch, for ``memory_format: auto``)."""
+    layout = network_layout(net, cfg, example)
+    return _logits_only(net, network_autocast(net, cfg), layout)
 
 
 def network_autocast(net: torch.nn.Module, cfg: PipelineConfig) -> torch.dtype | None:
@@ -61,8 +118,8 @@ def _window_probs(
     net: torch.nn.Module, x: torch.Tensor, roi: tuple[int, ...], cfg: PipelineConfig, tta: bool
 ) -> torch.Tensor:
     """Softmax probabilities (B, K, *spatial) for a batch (B, C, *spatial)."""
-    run = _logits_only(net, network_autocast(net, cfg))
     inf = cfg.inference
+    run = network_runner(net, cfg, (inf.sw_batch_size, x.shape[1], *roi))
     flips = [tuple(2 + a for a in f) for f in flips_for(cfg, tta)]  # (B, C, *spatial) dims
 
     def probs_for(flip: tuple[int, ...]) -> torch.Tensor:

@@ -98,3 +98,63 @@ def test_probabilities_stay_on_the_input_device(monkeypatch, dims) -> None:
     # a CPU image comes back on the CPU (the predictor writes it as numpy), also for the 2D path
     cpu = predict_probabilities(ThresholdNet(0.5).eval(), torch.rand(1, 16, 16, 16), cfg)
     assert cpu.device.type == "cpu"
+
+
+class _Conv(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3, padding=1), torch.nn.Tanh(),
+                                        torch.nn.Conv3d(4, 2, 3, padding=1))  # C > 1 and 3x3x3: the layouts differ
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_memory_format_channels_last_converts_weights_and_windows() -> None:
+    from medseg.inference import window
+
+    net = _Conv().eval()
+    cfg = tiny_config()
+    seen: list[bool] = []
+    net.conv[0].register_forward_hook(
+        lambda m, inputs, out: seen.append(inputs[0].is_contiguous(memory_format=torch.channels_last_3d)))
+    image = torch.rand(2, 20, 17, 9)
+    cfg.inference.memory_format = "contiguous"
+    reference = predict_probabilities(net, image, cfg)
+    assert seen and not any(seen)
+    seen.clear()
+    cfg.inference.memory_format = "channels_last"
+    got = predict_probabilities(net, image, cfg)
+    assert seen and all(seen)
+    assert net.conv[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+    torch.testing.assert_close(got, reference, rtol=0, atol=1e-5)
+    cfg.inference.memory_format = "contiguous"  # and back
+    predict_probabilities(net, image, cfg)
+    assert net.conv[0].weight.is_contiguous()
+    cfg.inference.memory_format = "fast"  # type: ignore[assignment]
+    with pytest.raises(ValueError, match="inference.memory_format 'fast': expected auto, channels_last or contiguous"):
+        window.network_layout(net, cfg, (1, 2, 8, 8, 8))
+
+
+@pytest.mark.parametrize("channels_last_faster", [True, False])
+def test_memory_format_auto_keeps_the_faster_layout_once(channels_last_faster: bool,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from medseg.inference import window
+
+    timed: list[bool] = []
+
+    def fake_seconds(net: torch.nn.Module, x: torch.Tensor, autocast: object) -> float:
+        last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+        timed.append(last)
+        return 1.0 if last != channels_last_faster else 0.5
+
+    monkeypatch.setattr(window, "_forward_seconds", fake_seconds)
+    net, cfg = _Conv().eval(), tiny_config()
+    assert cfg.inference.memory_format == "auto"  # the default
+    choice = window.network_layout(net, cfg, (2, 2, 8, 8, 8))
+    assert choice == (torch.channels_last_3d if channels_last_faster else None)
+    assert sorted(timed) == [False] * 3 + [True] * 3  # a warm-up and two timed passes of each layout
+    assert net.conv[0].weight.is_contiguous(memory_format=torch.channels_last_3d) == channels_last_faster
+    window.network_layout(net, cfg, (2, 2, 8, 8, 8))
+    assert len(timed) == 6  # decided once per network
