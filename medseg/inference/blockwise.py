@@ -37,7 +37,13 @@ from medseg.config import ModelConfig, PipelineConfig, network_strides
 from medseg.inference.block_source import BlockSource, FeatureMember, softmax_
 from medseg.inference.blocks import BlockPlan, Box, WindowGrid, intersects, plan_blocks, window_grid
 from medseg.inference.resample import running_argmax
-from medseg.inference.window import flips_for, network_runner, predict_probabilities
+from medseg.inference.window import (
+    flips_for,
+    layout_managed,
+    manage_layout,
+    network_runner,
+    predict_probabilities,
+)
 from medseg.models.head import SplitNetwork, split_head
 
 BLOCK_BYTES = 512 * 2**20
@@ -132,7 +138,10 @@ def member_split(net: torch.nn.Module, cfg: PipelineConfig, num_classes: int, in
         total = [1, 1, 1]
         for s in network_strides(cfg.model):
             total = [t * s for t in total]
-        _SPLITS[net] = split_head(net, num_classes, tuple(2 * t for t in total), in_channels)
+        split = split_head(net, num_classes, tuple(2 * t for t in total), in_channels)
+        if split is not None and layout_managed(net):
+            manage_layout(split.trunk)  # shares the network's weights: a Predictor's to lay out
+        _SPLITS[net] = split
     return _SPLITS[net]
 
 

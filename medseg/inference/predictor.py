@@ -43,6 +43,7 @@ from medseg.inference.crf import crf_settings, refine_probabilities
 from medseg.inference.postprocess import PostprocessSpec, postprocess, resolve_spec
 from medseg.inference.resample import block_labels, grid_taps
 from medseg.inference.tuned import with_tuned
+from medseg.inference.window import manage_layout
 
 
 @dataclass
@@ -159,6 +160,8 @@ class Predictor:
         self.plan = plan
         self.models = [dataclasses.replace(m, cfg=self._override(m.cfg, tta, overlap, sw_batch_size, precision))
                        for m in models]
+        for m in self.models:  # inference.memory_format applies to the networks a predictor owns
+            manage_layout(m.net)
         self.spec: PredictorSpec | None = None
         self.post: PostprocessSpec = (
             resolve_spec(self.models[0].cfg.inference, plan.labels) if apply_postprocess else PostprocessSpec()

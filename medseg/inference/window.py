@@ -59,15 +59,33 @@ def _forward_seconds(net: torch.nn.Module, x: torch.Tensor, autocast: torch.dtyp
         return time.perf_counter() - start
 
 
+_MANAGED: weakref.WeakSet[torch.nn.Module] = weakref.WeakSet()
+"""Networks whose layout inference may choose and change (a :class:`Predictor`'s); others,
+such as a network being trained and validated, are run as they are."""
+
+
+def manage_layout(net: torch.nn.Module) -> None:
+    """Let inference choose ``net``'s memory format (``inference.memory_format``)."""
+    _MANAGED.add(net)
+
+
+def layout_managed(net: torch.nn.Module) -> bool:
+    return net in _MANAGED
+
+
 def network_layout(net: torch.nn.Module, cfg: PipelineConfig, example: Sequence[int]) -> torch.memory_format | None:
-    """The memory format ``net`` runs in for ``inference.memory_format`` (None: PyTorch's
-    default), its weights converted to it. ``auto``, once per network: on a CPU, a forward
-    pass of zeros of shape ``example`` (a window batch) timed in both layouts (a warm-up,
-    then the best of two each, with the configured precision), the faster kept; elsewhere
-    PyTorch's default (as ``trainer.memory_format``, :mod:`medseg.training.layout`)."""
+    """The memory format ``net`` runs in for ``inference.memory_format`` (None: as it is),
+    its weights converted to it; only for networks given to :func:`manage_layout` (a
+    network in training keeps the layout ``trainer.memory_format`` chose). ``auto``, once
+    per network: on a CPU, a forward pass of zeros of shape ``example`` (a window batch)
+    timed in both layouts (a warm-up, then the best of two each, with the configured
+    precision), the faster kept; elsewhere PyTorch's default (as ``trainer.memory_format``,
+    :mod:`medseg.training.layout`)."""
     requested = cfg.inference.memory_format
     if requested not in ("auto", "channels_last", "contiguous"):
         raise ValueError(f"inference.memory_format {requested!r}: expected auto, channels_last or contiguous")
+    if net not in _MANAGED:
+        return None
     fmt = torch.channels_last_3d if len(example) == 5 else torch.channels_last
     params = list(net.parameters())
     prepared = _LAYOUTS.get(net)

@@ -115,6 +115,7 @@ def test_memory_format_channels_last_converts_weights_and_windows() -> None:
     from medseg.inference import window
 
     net = _Conv().eval()
+    window.manage_layout(net)  # as a Predictor does with its networks
     cfg = tiny_config()
     seen: list[bool] = []
     net.conv[0].register_forward_hook(
@@ -133,7 +134,7 @@ def test_memory_format_channels_last_converts_weights_and_windows() -> None:
     predict_probabilities(net, image, cfg)
     assert net.conv[0].weight.is_contiguous()
     cfg.inference.memory_format = "fast"  # type: ignore[assignment]
-    with pytest.raises(ValueError, match="inference.memory_format 'fast': expected auto, channels_last or contiguous"):
+    with pytest.raises(ValueError, match=r"inference\.memory_format 'fast': expected auto, channels_last or contiguous"):
         window.network_layout(net, cfg, (1, 2, 8, 8, 8))
 
 
@@ -152,9 +153,24 @@ def test_memory_format_auto_keeps_the_faster_layout_once(channels_last_faster: b
     monkeypatch.setattr(window, "_forward_seconds", fake_seconds)
     net, cfg = _Conv().eval(), tiny_config()
     assert cfg.inference.memory_format == "auto"  # the default
+    assert window.network_layout(net, cfg, (2, 2, 8, 8, 8)) is None and not timed  # not a predictor's: untouched
+    window.manage_layout(net)
     choice = window.network_layout(net, cfg, (2, 2, 8, 8, 8))
     assert choice == (torch.channels_last_3d if channels_last_faster else None)
     assert sorted(timed) == [False] * 3 + [True] * 3  # a warm-up and two timed passes of each layout
     assert net.conv[0].weight.is_contiguous(memory_format=torch.channels_last_3d) == channels_last_faster
     window.network_layout(net, cfg, (2, 2, 8, 8, 8))
     assert len(timed) == 6  # decided once per network
+
+
+def test_a_network_in_training_keeps_its_layout() -> None:
+    """Validation runs the trained network through the same windows: inference must not
+    re-lay it out (trainer.memory_format chose its layout for the backward pass)."""
+
+    net = _Conv().eval().to(memory_format=torch.channels_last_3d)  # type: ignore[call-overload]
+    cfg = tiny_config()
+    for setting in ("auto", "contiguous", "channels_last"):
+        cfg.inference.memory_format = setting  # type: ignore[assignment]
+        predict_probabilities(net, torch.rand(2, 12, 10, 9), cfg)
+        assert net.conv[0].weight.is_contiguous(memory_format=torch.channels_last_3d)
+        assert not net.conv[0].weight.is_contiguous()
