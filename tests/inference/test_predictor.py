@@ -242,7 +242,8 @@ def test_a_predictor_chooses_its_networks_layout(checkpoint: Path, monkeypatch: 
     from medseg.inference import window
 
     monkeypatch.setattr(window, "_forward_seconds",
-                        lambda net, x, autocast: 0.5 if not x.is_contiguous() else 1.0)  # channels-last "faster"
+                        lambda net, x, autocast: 0.5 if any(not w.is_contiguous() for w in net.parameters())
+                        else 1.0)  # channels-last weights "faster"
     predictor = Predictor.from_checkpoints([checkpoint], device="cpu")
     net = predictor.models[0].net
     assert window.layout_managed(net)
