@@ -42,6 +42,8 @@ def _logits_only(net: torch.nn.Module, autocast: torch.dtype | None = None,
             out = out[0]
         elif out.ndim == x.ndim + 1:  # DynUNet stacks heads on dim 1 in training mode
             out = out[:, 0]
+        if layout is not None:  # the blending adds windows into contiguous sums: strided adds are slower
+            out = out.contiguous()
         return out if autocast is None else out.float()
 
     return run
@@ -52,10 +54,14 @@ _LAYOUTS: weakref.WeakKeyDictionary[torch.nn.Module, tuple[str, torch.memory_for
 were converted to (None: PyTorch's default)."""
 
 
-def _forward_seconds(net: torch.nn.Module, x: torch.Tensor, autocast: torch.dtype | None) -> float:
-    with torch.no_grad(), torch.autocast(x.device.type, dtype=autocast or torch.bfloat16, enabled=autocast is not None):
+def _forward_seconds(net: torch.nn.Module, x: torch.Tensor, autocast: torch.dtype | None,
+                     layout: torch.memory_format | None) -> float:
+    """Seconds of one window batch through ``net`` as the windows run it in ``layout``
+    (:func:`_logits_only`: the input and output conversions included)."""
+    run = _logits_only(net, autocast, layout)
+    with torch.no_grad():
         start = time.perf_counter()
-        net(x)
+        run(x)
         return time.perf_counter() - start
 
 
@@ -99,7 +105,7 @@ def network_layout(net: torch.nn.Module, cfg: PipelineConfig, example: Sequence[
         for i in range(3):
             for layout in (None, fmt):
                 net.to(memory_format=layout or torch.contiguous_format)  # type: ignore[call-overload]
-                seconds = _forward_seconds(net, x if layout is None else x.contiguous(memory_format=layout), autocast)
+                seconds = _forward_seconds(net, x, autocast, layout)
                 if i:
                     best[layout] = min(best.get(layout, seconds), seconds)
         choice = fmt if best[fmt] < best[None] else None

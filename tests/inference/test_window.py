@@ -145,8 +145,9 @@ def test_memory_format_auto_keeps_the_faster_layout_once(channels_last_faster: b
 
     timed: list[bool] = []
 
-    def fake_seconds(net: torch.nn.Module, x: torch.Tensor, autocast: object) -> float:
-        last = x.is_contiguous(memory_format=torch.channels_last_3d) and not x.is_contiguous()
+    def fake_seconds(net: torch.nn.Module, x: torch.Tensor, autocast: object, layout: object) -> float:
+        last = layout == torch.channels_last_3d
+        assert net.conv[0].weight.is_contiguous(memory_format=torch.channels_last_3d) == last  # weights follow
         timed.append(last)
         return 1.0 if last != channels_last_faster else 0.5
 
