@@ -216,9 +216,10 @@ class InferenceConfig:
     with AVX512-BF16 or AMX, emulated and slow without); auto: bf16 where the CPU or GPU computes
     it natively (fp16 on a GPU without bf16), else fp32. Blending, softmax and argmax stay fp32."""
     memory_format: Literal["auto", "channels_last", "contiguous"] = "auto"
-    """The networks' tensor layout: auto times a forward pass of a window batch in both
-    layouts once per network on a CPU and keeps the faster (channels-last: +15-20 % windows/s
-    for the hippocampus DynUNet on Zen 4; some networks lose), PyTorch's default on a GPU."""
+    """The tensor layout of a predictor's networks: auto times a window batch in both layouts
+    once per network on a CPU and keeps the faster (channels-last wins for some networks and
+    loses for others: benchmarks/RESULTS.md), PyTorch's default on a GPU; a network in
+    training keeps the layout ``trainer.memory_format`` chose."""
     keep_largest_component: list[str] = field(default_factory=list)
     """Structure names for which only the largest connected component is kept."""
     min_component_ml: dict[str, float] = field(default_factory=dict)
