@@ -64,7 +64,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                         "runs 2.4x faster on CPUs with AVX512-BF16/AMX (slow where emulated); auto picks bf16 "
                         "where the CPU or GPU has it natively")
     p.add_argument("--block-mb", type=int_at_least(1), metavar="MB",
-                   help="memory for the class probabilities of one block of the network grid (default 512): "
+                   help="memory for the class probabilities of one block of the network grid (default 512, "
+                        "divided among the members of an ensemble): "
                         "fewer, larger blocks evaluate fewer windows twice; memory does not grow with "
                         "classes x volume either way")
     p.set_defaults(func=run)

@@ -70,9 +70,18 @@ class PredictorSpec:
     crf: bool | None = None
     """Force the CRF on/off (None: the config's ``inference.crf.enabled``)."""
     block_bytes: int | None = None
-    """Memory budget of one block's class probabilities (None: :data:`BLOCK_BYTES`)."""
+    """Memory budget of one block's class probabilities (None: :func:`default_block_bytes`)."""
     precision: str | None = None
     """Override every member's ``inference.precision`` (fp32, bf16, auto; None keeps each one's)."""
+
+
+def default_block_bytes(members: int) -> int:
+    """The block budget of a prediction with ``members`` networks: :data:`BLOCK_BYTES` for one,
+    divided among the members of an ensemble. Measured (benchmarks/RESULTS.md, "Ensembles, TTA
+    and statistics at 118 classes"): an ensemble of two at the full budget peaked at 1366 MiB
+    (3 classes) and 1499 MiB (118, with statistics), at half of it 1070 and 1052 MiB (1.68x
+    the 3-class time): the second member's pass runs while the first one's block is held."""
+    return BLOCK_BYTES // max(1, members)
 
 
 def resolve_device(device: str | None) -> str:
@@ -167,7 +176,7 @@ class Predictor:
             resolve_spec(self.models[0].cfg.inference, plan.labels) if apply_postprocess else PostprocessSpec()
         )
         self.crf = crf_settings(self.models[0].cfg.inference.crf, plan.labels, apply_postprocess, crf)
-        self.block_bytes = BLOCK_BYTES if block_bytes is None else int(block_bytes)
+        self.block_bytes = default_block_bytes(len(self.models)) if block_bytes is None else int(block_bytes)
         if self.block_bytes < 1:
             raise ValueError(f"block_bytes {block_bytes}: expected a positive number of bytes, e.g. {BLOCK_BYTES}")
         self.last_plan: BlockPlan | None = None

@@ -249,3 +249,12 @@ def test_a_predictor_chooses_its_networks_layout(checkpoint: Path, monkeypatch: 
     predictor.predict_array(np.random.default_rng(0).random((20, 18, 16)).astype(np.float32), np.eye(4))
     conv = next(m for m in net.modules() if isinstance(m, torch.nn.Conv3d) and m.in_channels > 1)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d) and not conv.weight.is_contiguous()
+
+
+def test_an_ensemble_divides_the_default_block_budget(checkpoint: Path) -> None:
+    from medseg.inference.blockwise import BLOCK_BYTES
+
+    assert Predictor.from_checkpoints([checkpoint]).block_bytes == BLOCK_BYTES
+    assert Predictor.from_checkpoints([checkpoint, checkpoint]).block_bytes == BLOCK_BYTES // 2
+    assert Predictor.from_checkpoints([checkpoint] * 3).block_bytes == BLOCK_BYTES // 3
+    assert Predictor.from_checkpoints([checkpoint, checkpoint], block_bytes=400 * 2**20).block_bytes == 400 * 2**20
