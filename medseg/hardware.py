@@ -9,6 +9,7 @@ them bf16 is emulated and can be 10x or more slower than fp32 (benchmarks/RESULT
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
@@ -33,15 +34,26 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str]:
     return set()
 
 
-def cpu_has_native_bf16(flags: set[str] | None = None) -> bool:
+def cpu_has_native_bf16(flags: set[str] | frozenset[str] | None = None) -> bool:
     """True when the CPU computes bf16 natively (x86 AVX512-BF16 or AMX-BF16, ARM BF16).
 
     Only Linux exposes the flags (``/proc/cpuinfo``); elsewhere the answer is False, the
     safe choice (fp32 is never pathologically slow).
     """
     if flags is None:
-        flags = cpu_flags() if sys.platform.startswith("linux") else set()
+        flags = _this_cpu_flags()
     return any(f in flags for f in NATIVE_BF16_CPU_FLAGS) or "bf16" in flags
+
+
+@functools.cache
+def _this_cpu_flags() -> frozenset[str]:
+    """This machine's flags, read once (``inference.precision: auto`` asks per window batch)."""
+    return frozenset(cpu_flags() if sys.platform.startswith("linux") else ())
+
+
+def channels_last_format(spatial_dims: int) -> torch.memory_format:
+    """The channels-last memory format of a network with ``spatial_dims`` spatial axes."""
+    return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
 
 
 def inference_autocast_dtype(precision: str, device: torch.device | str,

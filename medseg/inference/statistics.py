@@ -112,13 +112,11 @@ def analyse_case(
     # everything below looks at the foreground's bounding box only (background outside it is
     # neither a structure's voxel nor its intensity)
     labels, image, origin = _foreground_crop(labels, image)
-    if image is not None:  # the histogram (numpy: releases the GIL) beside the summary (cc3d: holds it)
-        with ThreadPoolExecutor(1, thread_name_prefix="medseg-histogram") as pool:
-            binned = pool.submit(_intensity_histograms, labels, image, n_ids)
-            summary = _summarize(labels, n_ids, transposed, origin, size)
-            histograms = binned.result()
-    else:
-        summary, histograms = _summarize(labels, n_ids, transposed, origin, size), None
+    with ThreadPoolExecutor(1, thread_name_prefix="medseg-histogram") as pool:
+        # the histogram (numpy: releases the GIL) beside the summary (cc3d: holds it)
+        binned = pool.submit(_intensity_histograms, labels, image, n_ids) if image is not None else None
+        summary = _summarize(labels, n_ids, transposed, origin, size)
+        histograms = binned.result() if binned is not None else None
     counts = summary.counts
     segments = _intensity_segments(labels.reshape(-1), image, counts) if histograms is None else None
     rows = []
@@ -223,12 +221,7 @@ def _project_by_bincount(lab: np.ndarray, s: slice, projections: list[np.ndarray
     rest += np.arange(rows, dtype=np.intp).reshape(*lab.shape[:-1], 1)
     per_row = np.bincount(rest.ravel(), minlength=n_ids * rows).reshape(n_ids, *lab.shape[:-1])
     del rest
-    for axis in range(lab.ndim - 1):
-        part = per_row.sum(axis=tuple(a + 1 for a in range(lab.ndim - 1) if a != axis))
-        if axis == 0:
-            projections[0][:, s] += part
-        else:
-            projections[axis] += part
+    _add_row_counts(projections, slice(None), s, per_row)
     n = lab.shape[-1]
     key *= n
     key += np.arange(n, dtype=np.intp)
@@ -241,14 +234,21 @@ def _project_each_label(lab: np.ndarray, s: slice, projections: list[np.ndarray]
     with two labels)."""
     for label_id in range(1, projections[0].shape[0]):
         mask = (lab == label_id).view(np.uint8)
-        per_row = mask.sum(axis=-1, dtype=np.int64)
-        for axis in range(lab.ndim - 1):
-            part = per_row.sum(axis=tuple(a for a in range(lab.ndim - 1) if a != axis))
-            if axis == 0:
-                projections[0][label_id, s] += part
-            else:
-                projections[axis][label_id] += part
+        _add_row_counts(projections, label_id, s, mask.sum(axis=-1, dtype=np.int64))
         projections[-1][label_id] += mask.sum(axis=tuple(range(lab.ndim - 1)), dtype=np.int64)
+
+
+def _add_row_counts(projections: list[np.ndarray], ids: int | slice, s: slice, per_row: np.ndarray) -> None:
+    """Add voxel counts per row of a slab (rows ``s`` of axis 0; ``per_row``'s last axes are
+    the slab's all but its last) to the projections of label(s) ``ids`` on every axis but the last."""
+    rows = len(projections) - 1  # the slab's axes but its last
+    lead = per_row.ndim - rows  # 1 with a label axis first, else 0
+    for axis in range(rows):
+        part = per_row.sum(axis=tuple(lead + a for a in range(rows) if a != axis))
+        if axis == 0:
+            projections[0][ids, s] += part
+        else:
+            projections[axis][ids] += part
 
 
 def _components(labels: np.ndarray, n_ids: int) -> np.ndarray:

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from monai.inferers import sliding_window_inference
 
 from medseg.config import PipelineConfig, patch_mirror_axes
-from medseg.hardware import inference_autocast_dtype
+from medseg.hardware import channels_last_format, inference_autocast_dtype
 
 
 def _logits_only(net: torch.nn.Module, autocast: torch.dtype | None = None,
@@ -92,11 +92,11 @@ def network_layout(net: torch.nn.Module, cfg: PipelineConfig, example: Sequence[
         raise ValueError(f"inference.memory_format {requested!r}: expected auto, channels_last or contiguous")
     if net not in _MANAGED:
         return None
-    fmt = torch.channels_last_3d if len(example) == 5 else torch.channels_last
-    params = list(net.parameters())
     prepared = _LAYOUTS.get(net)
     if prepared is not None and prepared[0] == requested:
         return prepared[1]
+    fmt = channels_last_format(len(example) - 2)
+    params = list(net.parameters())
     choice: torch.memory_format | None = fmt if requested == "channels_last" else None
     if requested == "auto" and params and params[0].device.type == "cpu" and len(example) in (4, 5):
         autocast = network_autocast(net, cfg)

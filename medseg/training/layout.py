@@ -19,11 +19,9 @@ from collections.abc import Callable
 
 import torch
 
+from medseg.hardware import channels_last_format
+
 Timer = Callable[[torch.nn.Module, torch.Tensor, "torch.memory_format | None"], float]
-
-
-def channels_last_format(spatial_dims: int) -> torch.memory_format:
-    return torch.channels_last_3d if spatial_dims == 3 else torch.channels_last
 
 
 def step_seconds(net: torch.nn.Module, example: torch.Tensor, memory_format: torch.memory_format | None) -> float:
