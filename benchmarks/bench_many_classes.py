@@ -15,10 +15,14 @@ image; peak memory = the subprocess's VmHWM.
 
 ``--code DIR`` runs the children with another checkout of medseg first on the path (e.g. a
 worktree of the commit before block-wise prediction) for a before/after comparison.
-``--block-mb`` sets the predictor's block budget (default: medseg's).
+``--block-mb`` sets the predictor's block budget (default: medseg's). ``--exact-passes`` keeps a
+TTA member's finished passes in float32 instead of float16
+(``medseg.inference.block_source.PASS_DTYPE``); with ``--compare-to`` the same folder, the masks
+of a run with and one without it are compared (how many voxels the float16 rounding flips).
 
     .venv/bin/python benchmarks/bench_many_classes.py --classes 3,20,118 --slices 300,1000 [--tta] [--code DIR]
         [--models N] [--statistics]     # an ensemble of N networks; statistics + QA of the case
+        [--exact-passes] [--compare-to DIR]  # float32 passes; agreement with DIR's masks of the twin run
     .venv/bin/python benchmarks/bench_many_classes.py --train --classes 3,118   # training + validation memory
     .venv/bin/python benchmarks/bench_many_classes.py --dicom-seg ../shared/data  # BINARY vs LABELMAP SEG
 """
@@ -182,6 +186,10 @@ def child(args: argparse.Namespace) -> None:
     from medseg.inference.predictor import Predictor
 
     torch.set_num_threads(args.threads)
+    if args.exact_passes:
+        from medseg.inference import block_source
+
+        block_source.PASS_DTYPE = torch.float32
     kwargs = {"block_bytes": int(args.block_mb * 2**20)} if args.block_mb else {}
     predictor = Predictor.from_checkpoints(args.ckpt.split(","), device="cpu", **kwargs)
     extras = None
@@ -211,11 +219,13 @@ def child(args: argparse.Namespace) -> None:
 
 
 def run_child(files: dict[str, str], out: Path, threads: int, code: str | None, block_mb: float | None,
-              statistics: bool = False) -> dict[str, Any]:
+              statistics: bool = False, exact_passes: bool = False) -> dict[str, Any]:
     cmd = [sys.executable, __file__, "--child", "--image", files["image"], "--ckpt", files["ckpt"],
            "--warmup", files["warmup"], "--out", str(out), "--threads", str(threads)]
     if statistics:
         cmd.append("--statistics")
+    if exact_passes:
+        cmd.append("--exact-passes")
     if block_mb:
         cmd += ["--block-mb", str(block_mb)]
     env = dict(os.environ)
@@ -226,13 +236,15 @@ def run_child(files: dict[str, str], out: Path, threads: int, code: str | None, 
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def agreement(a: Path, b: Path) -> float:
+def agreement(a: Path, b: Path) -> dict[str, float]:
+    """The fraction of voxels two masks agree on, and how many differ."""
     import nibabel as nib
     import numpy as np
 
     ma = np.asanyarray(nib.load(str(a)).dataobj)  # type: ignore[attr-defined]
     mb = np.asanyarray(nib.load(str(b)).dataobj)  # type: ignore[attr-defined]
-    return float((ma == mb).mean())
+    differ = int((ma != mb).sum())
+    return {"agreement": 1.0 - differ / ma.size, "differing_voxels": differ}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -252,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", help="another medseg checkout to run (before/after)")
     parser.add_argument("--block-mb", type=float, default=None)
     parser.add_argument("--compare-to", help="folder of masks of an earlier run (same names) to compare with")
+    parser.add_argument("--exact-passes", action="store_true", help="keep TTA passes in float32 (not float16)")
     parser.add_argument("--workdir", default="/tmp/medseg-bench-many")
     parser.add_argument("--train", action="store_true", help="measure training + validation instead")
     parser.add_argument("--dicom-seg", metavar="DATA", help="measure DICOM-SEG encodings on DATA/ct_abdomen_sample")
@@ -283,15 +296,20 @@ def main(argv: list[str] | None = None) -> int:
             files = setup(work, slices, classes, args.tta, args.models)
             variant = f"{'_tta' if args.tta else ''}{f'_x{args.models}' if args.models > 1 else ''}"
             variant += "_stats" if args.statistics else ""
-            out = work / f"out_{tag}_{slices}_{classes}{variant}.nii.gz"
-            result = run_child(files, out, args.threads, args.code, args.block_mb, args.statistics)
+            exact = "_exact" if args.exact_passes else ""
+            out = work / f"out_{tag}_{slices}_{classes}{variant}{exact}.nii.gz"
+            result = run_child(files, out, args.threads, args.code, args.block_mb, args.statistics,
+                               args.exact_passes)
             row = {"slices": slices, "classes": classes, "tta": args.tta, "models": args.models,
-                   "statistics": args.statistics, **result}
+                   "statistics": args.statistics, "exact_passes": args.exact_passes, **result}
             if args.compare_to:
                 twin = "out_here_" if tag == "code" else "out_code_"
-                other = Path(args.compare_to) / out.name.replace(f"out_{tag}_", twin)
-                if other.exists():
-                    row["agreement"] = agreement(out, other)
+                stem = f"{slices}_{classes}{variant}"
+                for other in (Path(args.compare_to) / out.name.replace(f"out_{tag}_", twin),
+                              Path(args.compare_to) / f"out_{tag}_{stem}{'' if exact else '_exact'}.nii.gz"):
+                    if other.exists() and other != out:
+                        row.update(agreement(out, other), compared_to=other.name)
+                        break
             rows.append(row)
             print(json.dumps(row), flush=True)
     return 0

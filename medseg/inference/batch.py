@@ -39,6 +39,7 @@ from medseg.data.io import NIFTI_SUFFIXES, ImageReadError, Volume, read_volume, 
 from medseg.inference.batch_extras import BatchExtras
 from medseg.inference.inputs import InputCase, read_case
 from medseg.inference.predictor import Predictor, PredictorSpec
+from medseg.inference.spill import spilled
 from medseg.inference.viewers import write_viewer_tables
 from medseg.utils import atomic_write_text
 
@@ -174,8 +175,9 @@ def predict_case(
         prepared = predictor.prepare(volume.array, volume.affine)
         reference = Volume(_shape_only(volume.spatial_shape), volume.affine, volume.header, volume.source,
                            volume.dicom_files)
-        # first channel, input units, for extras; otherwise the input is freed before the network runs
-        image = (volume.array[0].copy() if volume.array.shape[0] > 1 else volume.array[0]) if extras else None
+        # first channel, input units, for extras (spilled to a temporary file while the network
+        # runs: not part of its peak); otherwise the input is freed before the network runs
+        image = spilled(volume.array[0]) if extras else None
         del volume
         labels = predictor.predict_prepared(prepared, reference.affine)
         del prepared

@@ -8,7 +8,10 @@ A block's ensemble members contribute in one of two forms
   members are summed into one tensor;
 - *features*: a member with a pointwise head (:mod:`medseg.models.head`) keeps the blended
   ``F``-channel features of each mirrored pass, ``(F, *block)`` each; its probabilities
-  are ``mean_p softmax(W f_p + b)``, computed for a slab of the block when asked.
+  are ``mean_p softmax(W f_p + b)``, computed for a slab of the block when asked. With
+  several passes, each finished pass is kept in :data:`PASS_DTYPE` (float16, scaled by a
+  power of two into its range: 11 significant bits) while the next runs
+  (:func:`compact_pass`); the head and softmax compute in float32.
 
 :meth:`BlockSource.slab` gives the ensemble's mean probabilities over Z slices
 ``[lo, hi)`` of the block, :meth:`BlockSource.at` at single voxels, and
@@ -19,6 +22,7 @@ results agree with it up to float rounding.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -33,6 +37,32 @@ chunks put the 118-class CT's peak in the resampling of its first block (benchma
 "Many classes"); slabs this size are still large enough for vectorised work."""
 
 
+PASS_DTYPE = torch.float16
+"""How a multi-pass member's finished passes are kept (:func:`compact_pass`). float16 holds
+8 features x 8 mirrored passes in 128 bytes a voxel instead of 256, so a block of the same
+budget holds 1.6x the voxels and TTA at many classes evaluates fewer halo windows; labels
+flip only where the two best classes tie within that rounding (measured: benchmarks/RESULTS.md,
+"Many classes"). ``torch.float32`` keeps them exact."""
+
+_HALF_RANGE = 2.0**15
+"""Largest stored magnitude after scaling: float16's largest finite value is 65504."""
+
+
+def compact_pass(features: torch.Tensor) -> tuple[torch.Tensor, float]:
+    """A finished pass's float32 ``features`` as (stored, scale) with ``stored.float() * scale``
+    equal to ``features`` up to :data:`PASS_DTYPE`'s rounding (``features`` may be consumed).
+    The scale is a power of two (exact) that brings the largest magnitude within range;
+    non-finite features are kept as they are."""
+    if features.dtype == PASS_DTYPE or features.numel() == 0:
+        return features, 1.0
+    low, high = features.aminmax()  # no features-sized temporary, unlike abs().max()
+    peak = max(-float(low), float(high))
+    if not math.isfinite(peak):
+        return features, 1.0
+    scale = 2.0 ** math.ceil(math.log2(peak / _HALF_RANGE)) if peak > _HALF_RANGE else 1.0
+    return (features.div_(scale) if scale != 1.0 else features).to(PASS_DTYPE), scale
+
+
 def softmax_(logits: torch.Tensor) -> torch.Tensor:
     """Softmax over dim 0, in place (no second ``classes x block`` buffer)."""
     logits.sub_(logits.max(dim=0, keepdim=True).values).exp_()
@@ -42,16 +72,20 @@ def softmax_(logits: torch.Tensor) -> torch.Tensor:
 @dataclass
 class FeatureMember:
     """One member's blended features of each mirrored pass (unmirrored, divided by the
-    sum of the window weights) and its head."""
+    sum of the window weights) and its head; pass ``p`` is ``passes[p].float() * scales[p]``
+    (``scales`` empty: all 1, as computed)."""
 
     head: PointwiseHead
     passes: list[torch.Tensor]
+    scales: list[float] = field(default_factory=list)
 
     def probabilities(self, select: Sequence[slice | torch.Tensor]) -> torch.Tensor:
         """``mean_p softmax(head(f_p[:, *select]))``: (K, ...)."""
         total: torch.Tensor | None = None
-        for f in self.passes:
-            probs = softmax_(self.head.apply(f[(slice(None), *select)]))
+        for p, f in enumerate(self.passes):
+            part = f[(slice(None), *select)].float()
+            scale = self.scales[p] if self.scales else 1.0
+            probs = softmax_(self.head.apply(part.mul_(scale) if scale != 1.0 else part))
             total = probs if total is None else total.add_(probs)
         if total is None:  # pragma: no cover - a member always has a pass
             raise RuntimeError("a feature member without passes")

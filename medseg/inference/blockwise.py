@@ -13,7 +13,7 @@ on the slices).
 
 A network whose last layer is a pointwise convolution (DynUNet, AttentionUnet, SegResNet;
 :mod:`medseg.models.head`) is blended as its F-channel *features* when that holds fewer
-numbers than its K-class probabilities (F x passes < K, or 2K with TTA): the windows run
+bytes than its K-class probabilities (:func:`feature_split`): the windows run
 without the head, and :class:`medseg.inference.block_source.BlockSource` applies the head
 and the softmax slab by slab. The result is the same (blending is linear) but neither the
 windows nor the block ever hold ``classes x voxels``: with 118 classes and F = 8 a block
@@ -34,7 +34,8 @@ import torch.nn.functional as F
 from monai.data.utils import compute_importance_map
 
 from medseg.config import ModelConfig, PipelineConfig, network_strides
-from medseg.inference.block_source import BlockSource, FeatureMember, softmax_
+from medseg.inference import block_source as sources
+from medseg.inference.block_source import BlockSource, FeatureMember, compact_pass, softmax_
 from medseg.inference.blocks import BlockPlan, Box, WindowGrid, intersects, plan_blocks, window_grid
 from medseg.inference.resample import running_argmax
 from medseg.inference.window import (
@@ -149,14 +150,22 @@ def _passes(cfg: PipelineConfig) -> int:
     return len(flips_for(cfg, cfg.inference.tta))
 
 
+def _feature_bytes(width: int, passes: int) -> int:
+    """Bytes a voxel of a feature member: its passes (finished ones compacted where several)
+    and the float32 pass being blended beside them."""
+    stored = sources.PASS_DTYPE.itemsize if passes > 1 else 4
+    return stored * width * passes + (4 * width if stored < 4 else 0)
+
+
 def feature_split(net: torch.nn.Module, cfg: PipelineConfig, num_classes: int, in_channels: int) -> SplitNetwork | None:
-    """The split to blend features with, where that holds fewer numbers per voxel than the
-    member's probabilities would (F x passes < K, or < 2K with TTA); else None."""
+    """The split to blend features with, where that holds fewer bytes per voxel than the
+    member's probabilities would (their sum and, with TTA, the pass being blended); else None."""
     split = member_split(net, cfg, num_classes, in_channels)
     if split is None:
         return None
     passes = _passes(cfg)
-    return split if split.head.in_channels * passes < num_classes * (2 if passes > 1 else 1) else None
+    probabilities = 4 * num_classes * (2 if passes > 1 else 1)
+    return split if _feature_bytes(split.head.in_channels, passes) < probabilities else None
 
 
 def full_resolution_width(model: ModelConfig) -> float:
@@ -192,15 +201,20 @@ def _window_setup(cfg: PipelineConfig, image: torch.Tensor, channels: int, devic
 
 @torch.no_grad()
 def member_features(split: SplitNetwork, image: torch.Tensor, cfg: PipelineConfig, box: Box) -> FeatureMember:
-    """The blended trunk features of every mirrored pass of one member over ``box``."""
+    """The blended trunk features of every mirrored pass of one member over ``box``; with
+    several passes, each finished one compacted (:func:`medseg.inference.block_source.compact_pass`)."""
     device = next(split.trunk.parameters()).device
     grid, weight, sw_batch = _window_setup(cfg, image, split.head.in_channels, device)
     run = network_runner(split.trunk, cfg, (sw_batch, image.shape[0], *grid.roi))
-    passes = [
-        _pass_outputs(run, image, grid, box, flip, weight, sw_batch, split.head.in_channels)
-        for flip in flips_for(cfg, cfg.inference.tta)
-    ]
-    return FeatureMember(split.head, passes)
+    flips = flips_for(cfg, cfg.inference.tta)
+    member = FeatureMember(split.head, [])
+    for flip in flips:
+        features = _pass_outputs(run, image, grid, box, flip, weight, sw_batch, split.head.in_channels)
+        stored, scale = compact_pass(features) if len(flips) > 1 else (features, 1.0)
+        del features
+        member.passes.append(stored)
+        member.scales.append(scale)
+    return member
 
 
 @torch.no_grad()
@@ -286,13 +300,15 @@ def bytes_per_voxel(
 ) -> int:
     """Peak bytes per network-grid voxel of a block: what each member leaves (features of
     every pass, or probabilities summed in one tensor, plus a pass and a member being added
-    to it), the weight sum of the pass being blended, and the resampling's second-best map."""
+    to it), the weight sum of the pass being blended, and the resampling's second-best map.
+    A multi-pass feature member's finished passes are kept in
+    :data:`medseg.inference.block_source.PASS_DTYPE` (:func:`_feature_bytes`)."""
     per = 4 + 4  # the pass's weight sum; the second-best map
     probability_members = []
     for net, cfg in members:
         split = feature_split(net, cfg, num_classes, in_channels)
         if split is not None:
-            per += 4 * split.head.in_channels * _passes(cfg)
+            per += _feature_bytes(split.head.in_channels, _passes(cfg))
         else:
             probability_members.append(cfg)
     if probability_members:

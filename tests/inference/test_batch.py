@@ -239,19 +239,23 @@ def test_worker_devices_round_robin_over_gpus():
     assert worker_device(1, "cpu", 4) == "cpu"
 
 
-@pytest.mark.parametrize("extras", [False, True])
+@pytest.mark.parametrize("extras", ["none", "in memory", "spilled"])
 def test_input_image_is_freed_before_the_network_runs(tmp_path: Path, checkpoint: Path,
-                                                      monkeypatch: pytest.MonkeyPatch, extras: bool) -> None:
+                                                      monkeypatch: pytest.MonkeyPatch, extras: str) -> None:
     """The batch holds the input only until it is prepared (a 512x512x300 CT is 157 MB as
-    int16): while the network runs, no full-size input array is alive, unless statistics or
-    previews asked for its intensities (then its first channel only)."""
+    int16): while the network runs, no full-size input array is alive in memory. Statistics
+    or previews need the first channel's intensities after the prediction: a small one stays
+    in memory, a large one (here: any) waits in a temporary file, memory-mapped."""
     import gc
     import inspect
 
     from medseg.data.io import Volume
+    from medseg.inference import spill
     from medseg.inference.batch_extras import BatchExtras
     from medseg.inference.inputs import InputCase
 
+    if extras == "spilled":
+        monkeypatch.setattr(spill, "SPILL_BYTES", 1)
     shape = (21, 19, 17)
     ct = (np.random.default_rng(2).random(shape) * 2000 - 1000).astype(np.int16)
     src = save_nifti(tmp_path / "ct.nii.gz", ct, np.diag([1.2, 1.2, 1.2, 1.0]))
@@ -275,14 +279,16 @@ def test_input_image_is_freed_before_the_network_runs(tmp_path: Path, checkpoint
                 held.extend(o)
             elif isinstance(o, dict):
                 held.extend(o.values())
-        alive.append(sorted({tuple(o.shape) for o in held if big(o)}))
+        alive.append(sorted({(tuple(o.shape), isinstance(o, np.memmap)) for o in held if big(o)}))
         return original(prepared, affine)
 
     monkeypatch.setattr(predictor, "predict_prepared", spy)
-    parts = BatchExtras(predictor.labels, statistics=True) if extras else None
+    parts = BatchExtras(predictor.labels, statistics=True) if extras != "none" else None
     result = batch.predict_case(predictor, InputCase("ct", [src]), tmp_path / "out", resume=False, extras=parts)
     assert result.status == "ok", result.error
-    assert alive == ([[shape]] if extras else [[]])
+    assert alive == {"none": [[]], "in memory": [[(shape, False)]], "spilled": [[(shape, True)]]}[extras]
+    if parts is not None:  # the statistics read the intensities back
+        assert (tmp_path / "out" / "statistics" / "ct.csv").is_file()
 
 
 def test_mask_is_written_while_the_extras_are_computed(tmp_path: Path, checkpoint: Path,

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from medseg.inference.block_source import BlockSource, FeatureMember, softmax_
+from medseg.inference import block_source
+from medseg.inference.block_source import BlockSource, FeatureMember, compact_pass, softmax_
 from medseg.models.head import PointwiseHead
 
 
@@ -61,3 +62,35 @@ def test_softmax_in_place() -> None:
 def test_a_source_without_members_is_an_error() -> None:
     with pytest.raises(ValueError, match="without members"):
         BlockSource((2, 2, 2), 3).full()
+
+
+@pytest.mark.parametrize("magnitude", [3.0, 1e6])
+def test_compacted_passes_are_float16_scaled_into_range_and_give_the_same_probabilities(magnitude: float) -> None:
+    """A finished pass is kept in float16 (half the bytes); features beyond float16's range
+    are scaled by a power of two, not clipped to inf; probabilities change by rounding only."""
+    shape, classes = (6, 5, 7), 9
+    exact = _feature_member(classes, shape, 3, 0)
+    exact.passes = [f * magnitude for f in exact.passes]
+    with torch.no_grad():
+        exact.head.conv.weight.div_(magnitude)  # logits of the same size at either magnitude
+    stored = [compact_pass(f.clone()) for f in exact.passes]
+    assert all(t.dtype == torch.float16 and torch.isfinite(t).all() for t, _ in stored)
+    scales = [scale for _, scale in stored]
+    assert scales == [1.0] * 3 if magnitude < 1e4 else all(s > 1 and s == 2.0 ** round(torch.log2(torch.tensor(s)).item()) for s in scales)
+    for (t, scale), f in zip(stored, exact.passes, strict=True):
+        assert float(((t.float() * scale - f).abs() / f.abs().clamp_min(1e-3)).max()) <= 2**-11  # 11 significant bits
+    compact = FeatureMember(exact.head, [t for t, _ in stored], scales)
+    with torch.no_grad():
+        want, got = _expected(exact), BlockSource(shape, classes, None, [compact]).full()
+    assert got.dtype == torch.float32
+    assert 0 < float((got - want).abs().max()) < 2e-3
+
+
+def test_compacting_keeps_exact_dtypes_and_non_finite_features(monkeypatch: pytest.MonkeyPatch) -> None:
+    f = torch.randn(4, 3, 3, 3)
+    f[0, 0, 0, 0] = float("nan")
+    kept, scale = compact_pass(f)
+    assert kept is f and scale == 1.0  # NaN is not rounded into something that looks valid
+    monkeypatch.setattr(block_source, "PASS_DTYPE", torch.float32)
+    g = torch.randn(4, 3, 3, 3)
+    assert compact_pass(g) == (g, 1.0)

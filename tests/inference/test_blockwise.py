@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from medseg.config import PipelineConfig
+from medseg.inference import block_source
 from medseg.inference.blocks import evaluated
 from medseg.inference.blockwise import (
     block_probabilities,
@@ -81,8 +82,11 @@ def _whole(members: list[tuple[torch.nn.Module, PipelineConfig]], image: torch.T
     ],
 )
 def test_blocks_reassemble_the_whole_volume_probabilities(
-    shape: tuple[int, int, int], members_spec: list[tuple[list[int], bool, list[int] | None, str]]
+    shape: tuple[int, int, int], members_spec: list[tuple[list[int], bool, list[int] | None, str]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Exact where passes are kept in float32 (compacted passes: the next test)."""
+    monkeypatch.setattr(block_source, "PASS_DTYPE", torch.float32)
     classes = 12
     members: list[tuple[torch.nn.Module, PipelineConfig]] = [
         ((ConvNet(classes, seed=i) if kind == "conv" else HeadNet(classes, seed=i)).eval(), _cfg(roi, tta, mirror=mirror))
@@ -100,6 +104,31 @@ def test_blocks_reassemble_the_whole_volume_probabilities(
             got = block_probabilities(members, image, ev, classes)
             want = whole[(slice(None), *(slice(lo, hi) for lo, hi in ev))]
             torch.testing.assert_close(got, want, rtol=0, atol=2e-6)
+
+
+def test_compacted_passes_change_probabilities_by_float16_rounding_and_labels_only_at_ties() -> None:
+    """The default: a multi-pass feature member keeps its finished passes in float16. Blocks
+    follow the whole volume within that rounding; an argmax differs only where the whole
+    volume's two best classes are that close."""
+    classes = 40
+    net, cfg = HeadNet(classes, seed=2).eval(), _cfg([16, 16, 16], True, mirror=[0, 1, 2])
+    members: list[tuple[torch.nn.Module, PipelineConfig]] = [(net, cfg)]
+    assert feature_split(net, cfg, classes, 1) is not None
+    image = torch.randn(1, 30, 24, 20, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        whole = _whole(members, image)
+        plan = plan_for(members, image.shape[1:], classes, bytes_per_voxel(members, classes) * 5000)
+        assert len(plan.blocks) >= 2
+        top2 = whole.topk(2, dim=0).values
+        for box in plan.blocks:
+            ev = evaluated(box, tuple(image.shape[1:]))
+            got = block_probabilities(members, image, ev, classes)
+            want = whole[(slice(None), *(slice(lo, hi) for lo, hi in ev))]
+            error = float((got - want).abs().max())
+            assert 1e-7 < error < 2e-3  # rounded (not exact, not another computation)
+            flips = got.argmax(0) != want.argmax(0)
+            gap = (top2[0] - top2[1])[tuple(slice(lo, hi) for lo, hi in ev)]
+            assert bool((gap[flips] <= 2 * error).all())
 
 
 def test_2d_blocks_cut_the_slice_axis_and_keep_slab_neighbours() -> None:
@@ -177,18 +206,28 @@ def test_window_batches_count_the_networks_full_resolution_activations() -> None
 
 
 def test_feature_blending_is_chosen_where_it_holds_less() -> None:
-    """F x passes < K (2K with TTA): features; else probabilities. The plan's bytes follow."""
+    """Features where they take fewer bytes a voxel than the probabilities (their sum and,
+    with TTA, the pass being blended); else probabilities. The plan's bytes follow."""
     plain, tta = _cfg([16, 16, 16], False), _cfg([16, 16, 16], True, mirror=[0, 1, 2])
     few, many = HeadNet(2).eval(), HeadNet(40).eval()
     assert feature_split(few, plain, 2, 1) is None  # 3 features > 2 classes
     assert feature_split(many, plain, 40, 1) is not None
-    assert feature_split(HeadNet(12).eval(), tta, 12, 1) is None  # 3 x 8 passes = 24 = 2 x 12
-    assert feature_split(HeadNet(13).eval(), tta, 13, 1) is not None
+    # TTA: 8 float16 passes of 3 features and one float32 pass (60 bytes) vs 2 x 4 x K
+    assert feature_split(HeadNet(7).eval(), tta, 7, 1) is None  # 56 bytes
+    assert feature_split(HeadNet(8).eval(), tta, 8, 1) is not None  # 64 bytes
     assert feature_split(many.train(), plain, 40, 1) is None  # never split in training mode
     many.eval()
     assert bytes_per_voxel([(many, plain)], 40) == 4 * 3 + 8
     assert bytes_per_voxel([(ConvNet(40).eval(), plain)], 40) == 4 * 40 + 8
-    assert bytes_per_voxel([(ConvNet(40).eval(), tta), (many, tta)], 40) == 4 * 40 * 2 + 4 * 3 * 8 + 8
+    assert bytes_per_voxel([(ConvNet(40).eval(), tta), (many, tta)], 40) == 4 * 40 * 2 + 2 * 3 * 8 + 4 * 3 + 8
+
+
+def test_float32_passes_choose_and_count_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(block_source, "PASS_DTYPE", torch.float32)
+    tta, many = _cfg([16, 16, 16], True, mirror=[0, 1, 2]), HeadNet(40).eval()
+    assert feature_split(HeadNet(12).eval(), tta, 12, 1) is None  # 3 x 8 passes = 24 = 2 x 12
+    assert feature_split(HeadNet(13).eval(), tta, 13, 1) is not None
+    assert bytes_per_voxel([(many, tta)], 40) == 4 * 3 * 8 + 8
 
 
 def test_flips_follow_the_mirror_axes() -> None:

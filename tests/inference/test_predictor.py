@@ -197,21 +197,25 @@ def test_crf_runs_on_the_network_grid_when_enabled(monkeypatch: pytest.MonkeyPat
         Predictor([LoadedModel(net, tiny_config(crf=CrfConfig(enabled=True, structures=["organ"])))], plan)
 
 
-def test_block_wise_prediction_equals_the_whole_volume_path() -> None:
+@pytest.mark.parametrize("kind", ["conv", "head"])
+def test_block_wise_prediction_equals_the_whole_volume_path(kind: str) -> None:
     """40 classes, overlapping Gaussian windows, mirroring TTA on two axes, resampling to an
     anisotropic input grid: cut into many blocks, the labels are those of one whole-volume
     pass through MONAI's sliding window and a full resampling of every class, except where
-    the two best classes tie within float rounding."""
+    the two best classes tie within float rounding (head: blended as features, the finished
+    passes kept in float16)."""
     from medseg.data.inverse import labels_to_input
+    from medseg.inference.blockwise import feature_split
     from medseg.inference.resample import resample_argmax
     from medseg.inference.window import predict_probabilities
-    from tests.inference.test_blockwise import ConvNet, _cfg
+    from tests.inference.test_blockwise import ConvNet, HeadNet, _cfg
 
     classes = 40
     plan = PreprocessingPlan(target_spacing=[1.5, 1.5, 2.0], normalization="zscore", crop_foreground=False,
                              labels={"background": 0, **{f"s{i}": i for i in range(1, classes)}})
     cfg = _cfg([16, 16, 16], True, mirror=[0, 2])
-    net = ConvNet(classes, seed=3).eval()
+    net = (ConvNet(classes, seed=3) if kind == "conv" else HeadNet(classes, seed=3)).eval()
+    assert (feature_split(net, cfg, classes, 1) is not None) == (kind == "head")
     image = torch.randn(30, 28, 14, generator=torch.Generator().manual_seed(0)).numpy()
     affine = np.diag([0.9, 1.1, 2.5, 1.0])
     predictor = Predictor([LoadedModel(net, cfg)], plan, apply_postprocess=False, block_bytes=80_000)
