@@ -140,6 +140,11 @@ class OptimConfig:
     not have, learn at ``optim.lr``). 1.0: one rate for all; no effect without ``init_from``.
     Measured on hippocampus after masked-volume pretraining (everything but the head loaded),
     600 steps: 0.1 cost 0.03-0.04 held-out Dice against 1.0 (benchmarks/RESULTS.md)."""
+    decoder_warmup_epochs: int = 0
+    """Decoder-only warm-up after ``init_from`` (as nnssl's fine-tuning): for this many epochs
+    the encoder's loaded tensors (:mod:`medseg.models.encoder`) stay fixed while the decoder
+    and the re-initialised head learn; then the encoder's learning rate rises linearly to the
+    schedule over as many epochs again. 0: off; no effect without ``init_from``."""
     ema_decay: float = 0.0
     """Keep an exponential moving average of the weights with this decay per step (0: off;
     e.g. 0.999 averages over ~1000 steps). Validation, best/last checkpoints, predictions

@@ -54,6 +54,7 @@ def validate(cfg: PipelineConfig) -> PipelineConfig:
     _positive("optim.lr", cfg.optim.lr)
     _positive("optim.grad_clip", cfg.optim.grad_clip, allow_zero=True)
     _positive("optim.loaded_lr_scale", cfg.optim.loaded_lr_scale)
+    _positive("optim.decoder_warmup_epochs", cfg.optim.decoder_warmup_epochs, allow_zero=True)
     if not 0.0 <= cfg.optim.ema_decay < 1.0:
         raise ConfigError(
             f"optim.ema_decay: {cfg.optim.ema_decay} is not in [0, 1); use 0 for no weight averaging "

@@ -124,20 +124,36 @@ class NetworkModule(pl.LightningModule):
     applies to them (set by :func:`medseg.training.init_from.init_weights_from`; restored from
     ``init_from_report.json`` on resume, so that the optimiser's groups match its saved state)."""
 
+    def _encoder_warmup_names(self) -> frozenset[str]:
+        """Names (in ``net``) fixed during the decoder-only warm-up: the encoder's tensors that
+        ``init_from`` loaded (none without a warm-up or ``init_from``)."""
+        if not self.cfg.optim.decoder_warmup_epochs or not self.loaded_from_init:
+            return frozenset()
+        from medseg.models.encoder import encoder_tensor_names
+
+        encoder = encoder_tensor_names(self.cfg.model, in_channels(self.cfg, self.plan), self.out_channels)
+        return encoder & self.loaded_from_init
+
     def _param_groups(self) -> list[dict[str, Any]]:
-        """One group of trainable parameters, or two (loaded by ``init_from`` at
-        ``lr * loaded_lr_scale``, the rest at ``lr``) when the scale is not 1. A mean
-        teacher's parameters are frozen and left out."""
+        """Trainable parameters by learning rate: one group, or the tensors loaded by
+        ``init_from`` (at ``lr * loaded_lr_scale``) apart from the rest (at ``lr``) when the scale
+        is not 1, the loaded encoder further apart during a decoder-only warm-up (its group is
+        marked ``warmup_frozen``). A mean teacher's parameters are frozen and left out."""
         o = self.cfg.optim
         named = [(n, p) for n, p in self.named_parameters() if p.requires_grad]
-        if o.loaded_lr_scale == 1.0 or not self.loaded_from_init:
+        frozen = self._encoder_warmup_names()
+        scaled = o.loaded_lr_scale != 1.0 and bool(self.loaded_from_init)
+        if not scaled and not frozen:
             return [{"params": [p for _, p in named]}]
-        loaded: list[torch.nn.Parameter] = []
-        rest: list[torch.nn.Parameter] = []
+        groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
         for n, p in named:
-            from_source = n.startswith("net.") and n[len("net."):] in self.loaded_from_init
-            (loaded if from_source else rest).append(p)
-        return [{"params": loaded, "lr": o.lr * o.loaded_lr_scale}, {"params": rest, "lr": o.lr}]
+            key = n[len("net."):] if n.startswith("net.") else None
+            loaded = scaled and key in self.loaded_from_init
+            groups.setdefault((loaded, key in frozen), []).append(p)
+        # the order of the two groups before warm-ups existed (loaded, rest): resumable runs
+        order = [(True, True), (True, False), (False, True), (False, False)]
+        return [{"params": groups[k], "lr": o.lr * (o.loaded_lr_scale if k[0] else 1.0), "warmup_frozen": k[1]}
+                for k in order if k in groups]
 
     def configure_optimizers(self) -> Any:
         o, t = self.cfg.optim, self.cfg.trainer
@@ -166,7 +182,20 @@ class NetworkModule(pl.LightningModule):
                 return 0.5 * (1.0 + math.cos(math.pi * progress))
             return 1.0
 
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        frozen_steps = o.decoder_warmup_epochs * t.steps_per_epoch
+
+        def encoder_factor(step: int) -> float:
+            """0 during the decoder-only warm-up, then rising linearly to the schedule."""
+            if step < frozen_steps:
+                return 0.0
+            return min(1.0, (step - frozen_steps + 1) / frozen_steps) * factor(step)
+
+        if any(g.get("warmup_frozen") for g in params) and (self._trainer is None or self._trainer.is_global_zero):
+            n = sum(len(g["params"]) for g in params if g.get("warmup_frozen"))
+            log.info(f"optim.decoder_warmup_epochs {o.decoder_warmup_epochs}: {n} loaded encoder tensors fixed "
+                     f"for the first {frozen_steps} steps, then rising to the schedule over {frozen_steps}")
+        lambdas = [encoder_factor if g.get("warmup_frozen") else factor for g in params]
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambdas)  # type: ignore[arg-type]  # (a list is accepted)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 

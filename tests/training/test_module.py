@@ -104,3 +104,42 @@ def test_case_dice_with_many_classes_equals_per_class_masks():
         expected = 2 * inter / (int((pred == c).sum()) + int((label == c).sum()))
         assert abs(float(dice[c - 1]) - expected) < 1e-12
     assert valid.shape == (119,) and bool(valid.all())
+
+
+def test_decoder_warmup_fixes_the_loaded_encoder_then_ramps_it_up():
+    """optim.decoder_warmup_epochs after init_from: the loaded encoder tensors do not move
+    during the warm-up (rate 0, no weight decay either) while the decoder and head learn;
+    then the encoder's rate rises linearly to the schedule."""
+    from medseg.models.encoder import encoder_tensor_names
+
+    cfg, plan = tiny(channels=[4, 8, 16])
+    cfg.model.name = "dynunet"
+    cfg.trainer.max_epochs, cfg.trainer.steps_per_epoch = 10, 2
+    cfg.optim.decoder_warmup_epochs, cfg.optim.weight_decay = 1, 0.1
+    module = SegmentationModule(**module_hparams(cfg, plan))
+    encoder = encoder_tensor_names(cfg.model, 1, 3)
+    # without init_from there is nothing loaded to hold: one group
+    assert len(module.configure_optimizers()["optimizer"].param_groups) == 1
+    module.loaded_from_init = frozenset(n for n, _ in module.net.named_parameters() if "output_block" not in n)
+    conf = module.configure_optimizers()
+    opt, sched = conf["optimizer"], conf["lr_scheduler"]["scheduler"]
+    frozen = [g for g in opt.param_groups if g["warmup_frozen"]]
+    assert len(frozen) == 1 and len(frozen[0]["params"]) == len([n for n, _ in module.net.named_parameters() if n in encoder])
+    params = dict(module.net.named_parameters())
+
+    def step() -> dict[str, torch.Tensor]:
+        before = {n: p.detach().clone() for n, p in params.items()}
+        opt.zero_grad()
+        module.net(torch.randn(1, 1, 16, 16, 16)).float().square().mean().backward()
+        opt.step()
+        sched.step()
+        return before
+
+    for _ in range(2):  # the warm-up: 1 epoch of 2 steps
+        before = step()
+        assert all(torch.equal(before[n], params[n]) for n in encoder)
+        assert any(not torch.equal(before[n], p) for n, p in params.items() if n.startswith("upsamples."))
+    f_encoder, f_rest = sched.lr_lambdas[0], sched.lr_lambdas[1]
+    assert f_encoder(2) == pytest.approx(0.5 * f_rest(2)) and f_encoder(3) == pytest.approx(f_rest(3))
+    before = step()
+    assert any(not torch.equal(before[n], params[n]) for n in encoder)
