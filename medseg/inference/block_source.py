@@ -63,9 +63,18 @@ def compact_pass(features: torch.Tensor) -> tuple[torch.Tensor, float]:
     return (features.div_(scale) if scale != 1.0 else features).to(PASS_DTYPE), scale
 
 
+EXP_FLOOR = -80.0
+"""Logits more than this below a voxel's best are raised to it before ``exp``: their
+probability becomes ~1.8e-35 instead of less (or 0), which no mean and no argmax can see,
+while ``exp`` of arguments under -87 (results below float32's smallest normal number) runs
+15-40x slower on x86 CPUs (benchmarks/RESULTS.md, "Many classes"): a confident network's
+far-off classes would otherwise dominate the softmax at many classes."""
+
+
 def softmax_(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over dim 0, in place (no second ``classes x block`` buffer)."""
-    logits.sub_(logits.max(dim=0, keepdim=True).values).exp_()
+    """Softmax over dim 0, in place (no second ``classes x block`` buffer); the maximum by
+    ``amax`` (``max`` also computes indices: 6x its cost over 118 classes)."""
+    logits.sub_(logits.amax(dim=0, keepdim=True)).clamp_min_(EXP_FLOOR).exp_()
     return logits.div_(logits.sum(dim=0, keepdim=True))
 
 

@@ -94,3 +94,13 @@ def test_compacting_keeps_exact_dtypes_and_non_finite_features(monkeypatch: pyte
     monkeypatch.setattr(block_source, "PASS_DTYPE", torch.float32)
     g = torch.randn(4, 3, 3, 3)
     assert compact_pass(g) == (g, 1.0)
+
+
+def test_softmax_of_far_apart_logits_equals_torch_s() -> None:
+    """Logits far below the best (exp would underflow: the slow path) still give torch's
+    probabilities to float precision, and the same argmax."""
+    x = torch.randn(40, 6, 5) * 200
+    want = torch.softmax(x, 0)
+    got = softmax_(x.clone())
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-30)  # rounding; far-off classes ~0 either way
+    assert torch.equal(got.argmax(0), want.argmax(0))
