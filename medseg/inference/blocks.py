@@ -142,7 +142,8 @@ def plan_blocks(
     ``grids``: the window grid of every network that predicts (an ensemble's members may
     differ in window size). Cuts fall on window starts of the first grid; among the
     uniform cuttings (every k-th start per axis) that fit, the one with the fewest network
-    evaluations wins (ties: fewer blocks). The whole volume is one block when it fits.
+    evaluations wins (ties: fewer blocks, then the smallest largest block: the lowest memory
+    peak). The whole volume is one block when it fits.
     When even one window-step per block does not fit, the smallest cutting is used (its
     memory is then above the budget, by less than one window step per axis).
     """
@@ -163,7 +164,7 @@ def plan_blocks(
         if biggest * bytes_per_voxel > budget_bytes:
             continue
         cost = _evaluations(cuts, grids, shape)
-        key = (cost, math.prod(len(c) for c in cuts), -biggest)
+        key = (cost, math.prod(len(c) for c in cuts), biggest)
         if best is None or key < best[0]:
             best = (key, cuts)
     if best is not None:

@@ -92,12 +92,15 @@ def block_labels(source: BlockSource, box: Box, taps: Sequence[Taps], out: np.nd
         return
     second = torch.empty(source.shape, dtype=torch.float32)
     seen = torch.zeros(k, dtype=torch.bool)
+    dense = False
     for lo, hi in source.slabs():
         index, value = top2(source.slab(lo, hi))
         second[..., lo:hi] = value.cpu()
         seen |= torch.bincount(index.flatten().long(), minlength=k).cpu() > 0
+        if int(seen.sum()) >= DENSE_FRACTION * k:  # dense whatever the rest holds: the sweep
+            dense = True  # only served to tell (no bound is used), so it stops here
+            break
     present = seen.nonzero()[:, 0]
-    dense = len(present) >= DENSE_FRACTION * k
     bound: torch.Tensor | None = None if dense else second  # dense: every class is resampled, no bound
     del second
     local: list[LocalTaps] = []

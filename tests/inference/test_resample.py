@@ -150,3 +150,26 @@ def test_running_argmax_equals_argmax_including_ties() -> None:
     scores = torch.randint(0, 3, (2, 5, 7, 6)).float()  # many ties: the first class must win
     np.testing.assert_array_equal(running_argmax(scores).numpy(), scores.argmax(1).numpy())
     assert running_argmax(scores).dtype == torch.uint8
+
+
+def test_the_first_sweep_stops_once_the_block_is_known_dense(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dense (most classes are some voxel's argmax): no second-best bound is needed, so the
+    sweep that finds the present classes stops at the first slab that settles it; the labels
+    are still the whole resampling's."""
+    monkeypatch.setattr(block_source, "SLAB_BYTES", 16 * 2**10)
+    probs = _peaky(6, (12, 10, 16), seed=4)
+    shape, out_shape = tuple(probs.shape[1:]), (24, 20, 16)
+    calls: list[int] = []
+    real_top2 = resample.top2
+    monkeypatch.setattr(resample, "top2", lambda p: calls.append(1) or real_top2(p))
+    source = BlockSource.of(probs)
+    slabs = len(list(source.slabs()))
+    assert slabs > 3
+    for fraction, expected_calls in ((0.0, 1), (1.01, slabs)):
+        monkeypatch.setattr(resample, "DENSE_FRACTION", fraction)
+        calls.clear()
+        out = np.full(out_shape, 231, np.uint8, order="F")
+        block_labels(source, tuple((0, n) for n in shape), grid_taps(shape, out_shape), out)
+        assert len(calls) == expected_calls
+        differ = out != resample_argmax(probs, out_shape)
+        assert not (differ & ~_near_ties(probs, out_shape)).any()
