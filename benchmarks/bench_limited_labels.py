@@ -10,7 +10,14 @@ the result) for each arm:
   (``semi_supervised.method=mean_teacher``);
 * ``pre``: ``scratch`` started from a ``medseg pretrain`` run on all the images
   (``init_from``; pretrained once, ``--pretrain-steps``, its cost listed apart);
-* ``both``: ``pre`` and ``semi`` together.
+* ``both``: ``pre`` and ``semi`` together;
+* ``wu``: ``pre`` with the decoder-only warm-up (``optim.decoder_warmup_epochs``, a sixth of
+  the budget: the loaded encoder fixed, then its rate ramped back over as many epochs).
+
+``--seed N`` (default 42, the pipeline's) repeats the curve with another ``trainer.seed``:
+another validation split, another labelled subset, another initialisation and patch
+order (run directories ``<arm>-<labels>-s<N>``): the spread between seeds is the noise
+that a difference between arms must exceed.
 
 Each run is scored on its validation split (never trained on, the same 42 cases for every
 run: the split is seeded and made before the label budget) in the original geometry with
@@ -40,7 +47,7 @@ from bench_training import PIPELINE, held_out_manifest, measured  # noqa: E402
 
 from medseg.utils import atomic_write_text  # noqa: E402
 
-ARMS = ("scratch", "semi", "pre", "both")
+ARMS = ("scratch", "semi", "pre", "both", "wu")
 
 
 def results_file() -> Path:
@@ -78,8 +85,12 @@ def per_case(eval_dir: Path) -> dict[str, float]:
     return {k: sum(v) / len(v) for k, v in cases.items()}
 
 
-def arm(name: str, labels: str, data: Path, out: Path, steps: int, pre_run: str | None) -> dict:
-    overrides = budget(steps)
+def run_name(name: str, labels: str, seed: int) -> str:
+    return f"{name}-{labels}" + ("" if seed == 42 else f"-s{seed}")
+
+
+def arm(name: str, labels: str, data: Path, out: Path, steps: int, pre_run: str | None, seed: int = 42) -> dict:
+    overrides = budget(steps) + ([] if seed == 42 else [f"trainer.seed={seed}"])
     if labels != "all":
         overrides.append(f"data.labelled_cases={labels}")
     if name in ("semi", "both"):
@@ -87,9 +98,11 @@ def arm(name: str, labels: str, data: Path, out: Path, steps: int, pre_run: str 
         # epochs would still be ramping at the end of a short fixed-step run).
         overrides += ["semi_supervised.method=mean_teacher",
                       f"semi_supervised.rampup_epochs={max(1, steps // 50 // 3)}"]
-    if name in ("pre", "both"):
+    if name in ("pre", "both", "wu"):
         overrides.append(f"init_from={pre_run}")
-    run = out / f"{name}-{labels}"
+    if name == "wu":
+        overrides.append(f"optim.decoder_warmup_epochs={max(1, steps // 50 // 6)}")
+    run = out / run_name(name, labels, seed)
     cmd = [sys.executable, "-m", "medseg", "train", str(PIPELINE), "--data", str(data / "dataset.json"),
            "--output", str(run), *[a for s in overrides for a in ("--set", s)]]
     if not (run / "train_summary.json").exists():
@@ -111,7 +124,7 @@ def arm(name: str, labels: str, data: Path, out: Path, steps: int, pre_run: str 
             "best_val": summary.get("best_val_mean_dice"), "command": " ".join(cmd[1:])}
 
 
-def paired(out: Path, labels: list[str], seed: int = 0) -> str:
+def paired(out: Path, labels: list[str], seed: int = 0, run_seed: int = 42) -> str:
     """Markdown table: each arm minus scratch with the same labels, paired over the held-out
     cases (per-case mean foreground Dice), bootstrap 95 % CI, cases better."""
     import numpy as np
@@ -119,12 +132,12 @@ def paired(out: Path, labels: list[str], seed: int = 0) -> str:
     rng = np.random.default_rng(seed)
     lines = ["| labels | " + " | ".join(f"{a} - scratch" for a in ARMS[1:]) + " |", "|---" * len(ARMS) + "|"]
     for n in labels:
-        base_dir = out / f"scratch-{n}" / "heldout_eval_tta"
+        base_dir = out / run_name("scratch", n, run_seed) / "heldout_eval_tta"
         if not (base_dir / "metrics.csv").exists():
             continue
         base, cells = per_case(base_dir), []
         for a in ARMS[1:]:
-            ev = out / f"{a}-{n}" / "heldout_eval_tta"
+            ev = out / run_name(a, n, run_seed) / "heldout_eval_tta"
             if not (ev / "metrics.csv").exists():
                 cells.append("")
                 continue
@@ -147,7 +160,7 @@ def render(results: dict) -> str:
     lines += ["| labelled cases | arm | held-out mean fg Dice (TTA) | per case: min / Q1 / median | best val Dice "
               "(no TTA) | steps | train min |", "|---|---|---|---|---|---|---|"]
     for key, r in sorted(results.get("runs", {}).items(), key=lambda kv: (kv[0].split("-")[1], kv[0])):
-        name, labels = key.split("-", 1)
+        name, labels = key.split("-", 1)  # labels may end in -s<seed>
         if "error" in r:
             lines.append(f"| {labels} | {name} | {r['error']} | | | | |")
             continue
@@ -167,12 +180,13 @@ def main() -> int:
     ap.add_argument("--arms", default="scratch,semi,pre", help=f"comma-separated arms among {', '.join(ARMS)}")
     ap.add_argument("--steps", type=int, default=1500, help="fine-tuning optimiser steps per run")
     ap.add_argument("--pretrain-steps", type=int, default=1500)
+    ap.add_argument("--seed", type=int, default=42, help="trainer.seed of the fine-tuning runs (split, label subset, init)")
     ap.add_argument("--render", action="store_true", help="only re-render RESULTS.md from the recorded results")
     ap.add_argument("--paired", action="store_true",
                     help="only print each arm minus scratch, paired over the held-out cases of --output's runs")
     args = ap.parse_args()
     if args.paired:
-        print(paired(args.output, args.labels.split(",")))
+        print(paired(args.output, args.labels.split(","), run_seed=args.seed))
         return 0
     if args.render:
         update_section(f"Limited labels on {cpu_model()}", render(json.loads(results_file().read_text(encoding="utf-8"))))
@@ -185,16 +199,17 @@ def main() -> int:
     results = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     args.output.mkdir(parents=True, exist_ok=True)
     pre_run = None
-    if any(a in ("pre", "both") for a in arms):
+    if any(a in ("pre", "both", "wu") for a in arms):
         results["pretrain"] = pretrain(args.data, args.output, args.pretrain_steps)
         pre_run = results["pretrain"]["run"]
     for labels in args.labels.split(","):
         for name in arms:
-            results.setdefault("runs", {})[f"{name}-{labels}"] = arm(name, labels, args.data, args.output, args.steps,
-                                                                     pre_run)
+            key = run_name(name, labels, args.seed)
+            results.setdefault("runs", {})[key] = arm(name, labels, args.data, args.output, args.steps, pre_run,
+                                                      args.seed)
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(results, indent=2))
-            print(json.dumps({f"{name}-{labels}": results["runs"][f"{name}-{labels}"]}), flush=True)
+            print(json.dumps({key: results["runs"][key]}), flush=True)
     update_section(f"Limited labels on {cpu_model()}", render(results))
     return 0
 
