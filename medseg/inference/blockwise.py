@@ -49,9 +49,9 @@ from medseg.models.head import SplitNetwork, split_head
 
 BLOCK_BYTES = 512 * 2**20
 """Default budget (bytes) of one block's state (:func:`bytes_per_voxel`). The 256x256x300
-network grid of a 512x512x300 CT at 1.6 mm with 3 classes (20 bytes a voxel: 394 MB) stays
+network grid of a 512x512x300 CT at 1.6 mm with 3 classes (16 bytes a voxel: 315 MB) stays
 one block, so the common case evaluates every window once; a DynUNet with 118 classes
-(features: 40 bytes a voxel) gets two whole-plane blocks, 1.22x the windows
+(features: 36 bytes a voxel) gets two whole-plane blocks, 1.22x the windows
 (benchmarks/RESULTS.md, "Many classes")."""
 
 WINDOW_BYTES = 192 * 2**20
@@ -300,10 +300,10 @@ def bytes_per_voxel(
 ) -> int:
     """Peak bytes per network-grid voxel of a block: what each member leaves (features of
     every pass, or probabilities summed in one tensor, plus a pass and a member being added
-    to it), the weight sum of the pass being blended, and the resampling's second-best map.
+    to it) and the weight sum of the pass being blended.
     A multi-pass feature member's finished passes are kept in
     :data:`medseg.inference.block_source.PASS_DTYPE` (:func:`_feature_bytes`)."""
-    per = 4 + 4  # the pass's weight sum; the second-best map
+    per = 4  # the pass's weight sum
     probability_members = []
     for net, cfg in members:
         split = feature_split(net, cfg, num_classes, in_channels)

@@ -4,14 +4,15 @@ The label of an output voxel is the argmax over classes of its trilinear interpo
 from the 8 surrounding network-grid voxels (``align_corners=False``, the convention of the
 forward resampling; taps from :func:`medseg.data.inverse.linear_taps`). Resampling every
 class costs ``classes x output voxels`` and dominated prediction time at 100+ classes.
-:func:`block_labels` resamples only the classes that are the argmax somewhere in the block
-(a block of a whole-body CT holds a handful of its 117 structures), plus one map: the
-second-best probability of every network voxel. That is exact: a class that is no
+:func:`block_labels` resamples, for each output slab, only the classes that are the argmax
+somewhere in the network slices it reads (a few slices of a whole-body CT hold a handful of
+its 117 structures), plus one map: the second-best probability of every network voxel
+there. That is exact: a class that is no
 neighbour's argmax is at most the second-best probability at each of the 8 neighbours, so
 its interpolation is at most the interpolated second-best map ``U``; where the best present
 class exceeds ``U``, it is the argmax over all classes (first class on ties, as
 :func:`running_argmax`). The few voxels where it does not are computed over every class.
-When every class is present, the plain resampling is done.
+When most classes are present, the plain resampling is done.
 
 The result equals :func:`resample_argmax` on the whole volume except where two classes tie
 within float rounding (the passes round a little differently).
@@ -64,14 +65,19 @@ LocalTaps = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 DENSE_FRACTION = 0.5
-"""When at least this fraction of the classes is some network voxel's argmax in a block (an
-untrained network, or a block full of small structures), every class is resampled: the
-second-best bound would settle too little to pay for itself."""
+"""When at least this fraction of the classes is some network voxel's argmax in the slices an
+output slab reads (an untrained network, or a region full of small structures), every class
+is resampled: the second-best bound would settle too little to pay for itself."""
 
 GATHER_FRACTION = 0.02
 """Where the second-best bound leaves at most this fraction of an output slab unsettled,
-those voxels get every class at their 8 network neighbours; beyond it the slab's classes
-are all resampled, in chunks."""
+those voxels get every class at their 8 network neighbours; beyond it every class of the
+slab is resampled, in chunks."""
+
+RETRY_SLABS = 8
+"""After an output slab that the bound could not settle, this many slabs have every class
+resampled straight away before the bound is tried again (the network slices of neighbouring
+slabs look alike: the interpolation of the candidates would mostly be wasted)."""
 
 
 def block_labels(source: BlockSource, box: Box, taps: Sequence[Taps], out: np.ndarray) -> None:
@@ -79,10 +85,13 @@ def block_labels(source: BlockSource, box: Box, taps: Sequence[Taps], out: np.nd
 
     ``source``: the probabilities over ``box`` plus one voxel on each high side where the
     grid has it (:func:`medseg.inference.blocks.evaluated`); ``box``: the block on the
-    network grid. An output voxel belongs to the block holding its lower tap. Memory beyond
-    the source: the block's second-best map (4 bytes a voxel) and slabs of about
-    :data:`SLAB_BYTES`; the probabilities are asked for slab by slab (first for the
-    argmax and second-best of every network voxel, then for the classes to resample).
+    network grid. An output voxel belongs to the block holding its lower tap. One sweep
+    along Z: the probabilities of each network slice are asked for once, kept with their
+    argmax and second-best while output slabs read them (:class:`_Slices`); each output
+    slab resamples the classes that are the argmax somewhere in the network slices it reads,
+    plus their second-best map as the bound (see the module doc), or every class.
+    Memory beyond the source: the probabilities of the network slices one output slab reads
+    and slabs of about :data:`SLAB_BYTES` of interpolated values.
     A block spanning the whole plane is resampled in-plane by ``F.interpolate`` (bilinear,
     the same taps), otherwise by separable gathers.
     """
@@ -90,19 +99,6 @@ def block_labels(source: BlockSource, box: Box, taps: Sequence[Taps], out: np.nd
     ranges = [output_range(t[0], lo, hi) for t, (lo, hi) in zip(taps, box, strict=True)]
     if any(j1 <= j0 for j0, j1 in ranges):
         return
-    second = torch.empty(source.shape, dtype=torch.float32)
-    seen = torch.zeros(k, dtype=torch.bool)
-    dense = False
-    for lo, hi in source.slabs():
-        index, value = top2(source.slab(lo, hi))
-        second[..., lo:hi] = value.cpu()
-        seen |= torch.bincount(index.flatten().long(), minlength=k).cpu() > 0
-        if int(seen.sum()) >= DENSE_FRACTION * k:  # dense whatever the rest holds: the sweep
-            dense = True  # only served to tell (no bound is used), so it stops here
-            break
-    present = seen.nonzero()[:, 0]
-    bound: torch.Tensor | None = None if dense else second  # dense: every class is resampled, no bound
-    del second
     local: list[LocalTaps] = []
     for (i0, i1, w1), (lo, _), (j0, j1) in zip(taps, box, ranges, strict=True):
         local.append((torch.from_numpy(i0[j0:j1] - lo), torch.from_numpy(i1[j0:j1] - lo), torch.from_numpy(w1[j0:j1])))
@@ -112,49 +108,60 @@ def block_labels(source: BlockSource, box: Box, taps: Sequence[Taps], out: np.nd
         for (lo, hi), (j0, j1), t, n in zip(box[:2], ranges[:2], taps[:2], source.shape[:2], strict=True)
     )
     plane = (ox, oy) if whole_plane else None
-    candidates = _Candidates(source, None if dense else present, bound)
+    slices = _Slices(source)
     depth = ranges[2][1] - ranges[2][0]
-    per_slice = max(1, candidates.rows * ox * oy * 4 * 3)
-    step = max(1, min(depth, SLAB_BYTES // per_slice))
+    step = max(1, min(depth, SLAB_BYTES // max(1, k * ox * oy * 4 * 3)))
     (x0, x1), (y0, y1), (z_first, _) = ranges
+    every_class = 0  # output slabs left that skip the bound (RETRY_SLABS)
     for z0 in range(0, depth, step):
         z1 = min(depth, z0 + step)
         r0, r1 = int(local[2][0][z0]), int(local[2][1][z1 - 1]) + 1  # network Z slices it reads
         zt = (local[2][0][z0:z1] - r0, local[2][1][z0:z1] - r0, local[2][2][z0:z1])
         axis_taps = [local[0], local[1], zt]
-        if dense:  # classes in chunks: never every class interpolated at full resolution
-            chunk = _chunked_argmax(candidates.get(r0, r1), axis_taps, plane)
-        else:
-            values = _interpolate(candidates.get(r0, r1), axis_taps, plane)  # (dz, n, ox, oy)
-            chunk = _settle(values, present, source, axis_taps, r0, plane)
+        probs, index, second = slices.get(r0, r1)
+        chunk: torch.Tensor | None = None
+        if every_class == 0:
+            present = (torch.bincount(index.flatten().long(), minlength=k) > 0).nonzero()[:, 0]
+            if len(present) < DENSE_FRACTION * k:
+                rows = torch.cat([probs.index_select(1, present), second[:, None]], dim=1)
+                chunk = _settle(_interpolate(rows, axis_taps, plane), present, probs, axis_taps)
+                if chunk is None:
+                    every_class = RETRY_SLABS + 1
+        if chunk is None:  # classes in chunks: never every class interpolated at full resolution
+            chunk = _chunked_argmax(probs, axis_taps, plane)
+            every_class = max(0, every_class - 1)
         out[x0:x1, y0:y1, z_first + z0 : z_first + z1] = chunk.permute(1, 2, 0).numpy()
 
 
-class _Candidates:
-    """Z-major (Z', n, X', Y') probabilities of the classes to resample (all, or the present
-    ones plus the second-best bound as the last row) over network Z slices, computed once
-    each as the output slabs move along Z."""
+class _Slices:
+    """Z-major (Z', K, X', Y') probabilities of the block's network Z slices, with their argmax
+    and second-best (Z', X', Y'), computed once each as the output slabs move along Z."""
 
-    def __init__(self, source: BlockSource, present: torch.Tensor | None, second: torch.Tensor | None) -> None:
-        self.source, self.present, self.second = source, present, second
-        self.rows = source.num_classes if present is None else len(present) + 1
+    def __init__(self, source: BlockSource) -> None:
+        self.source = source
         self.lo, self.hi = 0, 0
-        self.cache = torch.empty((0, self.rows, *source.shape[:2]))
+        k, (nx, ny) = source.num_classes, source.shape[:2]
+        self.probs = torch.empty((0, k, nx, ny))
+        self.index = torch.empty((0, nx, ny), dtype=torch.uint8 if k <= 256 else torch.int16)
+        self.second = torch.empty((0, nx, ny))
 
-    def _compute(self, lo: int, hi: int) -> torch.Tensor:
-        values = self.source.slab(lo, hi, self.present).float().cpu()
-        if self.second is not None:
-            values = torch.cat([values, self.second[None, ..., lo:hi]])
+    def _compute(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        values = self.source.slab(lo, hi).float().cpu()  # (K, X', Y', z)
+        index, second = top2(values)
         # Z-major and contiguous, so that each output slab reads contiguous network-grid slices
-        return values.permute(3, 0, 1, 2).contiguous()
+        return values.permute(3, 0, 1, 2).contiguous(), index.permute(2, 0, 1), second.permute(2, 0, 1)
 
-    def get(self, lo: int, hi: int) -> torch.Tensor:
+    def get(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if lo < self.lo or lo >= self.hi:
-            self.cache, self.lo, self.hi = self._compute(lo, hi), lo, hi
+            self.probs = self.index = self.second = self.probs[:0]  # freed before the next are computed
+            (self.probs, self.index, self.second), self.lo, self.hi = self._compute(lo, hi), lo, hi
         elif hi > self.hi:
-            kept = self.cache[lo - self.lo :]
-            self.cache, self.lo, self.hi = torch.cat([kept, self._compute(self.hi, hi)]), lo, hi
-        return self.cache[lo - self.lo : hi - self.lo]
+            new = self._compute(self.hi, hi)
+            kept = (self.probs, self.index, self.second)
+            self.probs, self.index, self.second = (torch.cat([a[lo - self.lo :], b]) for a, b in zip(kept, new, strict=True))
+            self.lo, self.hi = lo, hi
+        a, b = lo - self.lo, hi - self.lo
+        return self.probs[a:b], self.index[a:b], self.second[a:b]
 
 
 def _lerp(x: torch.Tensor, dim: int, t: LocalTaps) -> torch.Tensor:
@@ -179,10 +186,12 @@ def _interpolate(values: torch.Tensor, axis_taps: Sequence[LocalTaps], plane: tu
     return _lerp(out, 2, axis_taps[0])  # (dz, n, X, Y)
 
 
-def _settle(values: torch.Tensor, present: torch.Tensor, source: BlockSource,
-            axis_taps: Sequence[LocalTaps], r0: int, plane: tuple[int, int] | None) -> torch.Tensor:
+def _settle(values: torch.Tensor, present: torch.Tensor, probs: torch.Tensor,
+            axis_taps: Sequence[LocalTaps]) -> torch.Tensor | None:
     """Labels (dz, X, Y) from the present classes' interpolations (dz, n + 1, X, Y), whose
-    last row is the bound. Voxels it does not settle get the argmax over every class."""
+    last row is the bound. Voxels it does not settle get the argmax over every class of
+    ``probs`` (Z', K, X', Y': the slices the taps read) at their 8 neighbours; None where
+    they are more than :data:`GATHER_FRACTION` of the slab."""
     bound = values[:, -1]
     best_row = running_argmax(values[:, :-1]).long()
     best_value = values[:, :-1].gather(1, best_row[:, None])[:, 0]
@@ -191,32 +200,20 @@ def _settle(values: torch.Tensor, present: torch.Tensor, source: BlockSource,
     count = int(unsure.sum())
     if count == 0:
         return labels
-    if count <= GATHER_FRACTION * unsure.numel():
-        iz, ix, iy = unsure.nonzero(as_tuple=True)
-        tx, ty, tz = axis_taps
-        full = torch.zeros((source.num_classes, ix.shape[0]), dtype=torch.float32)
-        for cx in (0, 1):
-            for cy in (0, 1):
-                for cz in (0, 1):
-                    wx = tx[2][ix] if cx else 1.0 - tx[2][ix]
-                    wy = ty[2][iy] if cy else 1.0 - ty[2][iy]
-                    wz = tz[2][iz] if cz else 1.0 - tz[2][iz]
-                    corner = (tx[cx][ix], ty[cy][iy], tz[cz][iz] + r0)
-                    full += source.at(corner).float().cpu() * (wx * wy * wz)
-        labels[iz, ix, iy] = full.argmax(dim=0)
-    else:
-        every = _dense_labels(source, axis_taps, r0, plane)
-        labels[unsure] = every[unsure]
+    if count > GATHER_FRACTION * unsure.numel():
+        return None
+    iz, ix, iy = unsure.nonzero(as_tuple=True)
+    tx, ty, tz = axis_taps
+    full = torch.zeros((ix.shape[0], probs.shape[1]), dtype=torch.float32)
+    for cx in (0, 1):
+        for cy in (0, 1):
+            for cz in (0, 1):
+                wx = tx[2][ix] if cx else 1.0 - tx[2][ix]
+                wy = ty[2][iy] if cy else 1.0 - ty[2][iy]
+                wz = tz[2][iz] if cz else 1.0 - tz[2][iz]
+                full += probs[tz[cz][iz], :, tx[cx][ix], ty[cy][iy]] * (wx * wy * wz)[:, None]
+    labels[iz, ix, iy] = full.argmax(dim=1)
     return labels
-
-
-def _dense_labels(source: BlockSource, axis_taps: Sequence[LocalTaps], r0: int, plane: tuple[int, int] | None
-                  ) -> torch.Tensor:
-    """Argmax (dz, X, Y) over every class of the interpolated probabilities, classes in chunks
-    of about :data:`SLAB_BYTES` (first class wins ties, as :func:`running_argmax`)."""
-    r1 = r0 + int(axis_taps[2][1].max()) + 1
-    probs = source.slab(r0, r1).float().cpu().permute(3, 0, 1, 2).contiguous()  # (Z', K, X', Y')
-    return _chunked_argmax(probs, axis_taps, plane)
 
 
 def _chunked_argmax(probs: torch.Tensor, axis_taps: Sequence[LocalTaps], plane: tuple[int, int] | None

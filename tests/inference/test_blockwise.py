@@ -217,9 +217,9 @@ def test_feature_blending_is_chosen_where_it_holds_less() -> None:
     assert feature_split(HeadNet(8).eval(), tta, 8, 1) is not None  # 64 bytes
     assert feature_split(many.train(), plain, 40, 1) is None  # never split in training mode
     many.eval()
-    assert bytes_per_voxel([(many, plain)], 40) == 4 * 3 + 8
-    assert bytes_per_voxel([(ConvNet(40).eval(), plain)], 40) == 4 * 40 + 8
-    assert bytes_per_voxel([(ConvNet(40).eval(), tta), (many, tta)], 40) == 4 * 40 * 2 + 2 * 3 * 8 + 4 * 3 + 8
+    assert bytes_per_voxel([(many, plain)], 40) == 4 * 3 + 4
+    assert bytes_per_voxel([(ConvNet(40).eval(), plain)], 40) == 4 * 40 + 4
+    assert bytes_per_voxel([(ConvNet(40).eval(), tta), (many, tta)], 40) == 4 * 40 * 2 + 2 * 3 * 8 + 4 * 3 + 4
 
 
 def test_float32_passes_choose_and_count_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -227,7 +227,7 @@ def test_float32_passes_choose_and_count_as_before(monkeypatch: pytest.MonkeyPat
     tta, many = _cfg([16, 16, 16], True, mirror=[0, 1, 2]), HeadNet(40).eval()
     assert feature_split(HeadNet(12).eval(), tta, 12, 1) is None  # 3 x 8 passes = 24 = 2 x 12
     assert feature_split(HeadNet(13).eval(), tta, 13, 1) is not None
-    assert bytes_per_voxel([(many, tta)], 40) == 4 * 3 * 8 + 8
+    assert bytes_per_voxel([(many, tta)], 40) == 4 * 3 * 8 + 4
 
 
 def test_flips_follow_the_mirror_axes() -> None:

@@ -152,24 +152,42 @@ def test_running_argmax_equals_argmax_including_ties() -> None:
     assert running_argmax(scores).dtype == torch.uint8
 
 
-def test_the_first_sweep_stops_once_the_block_is_known_dense(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Dense (most classes are some voxel's argmax): no second-best bound is needed, so the
-    sweep that finds the present classes stops at the first slab that settles it; the labels
-    are still the whole resampling's."""
+@pytest.mark.parametrize("same_z", [False, True])
+def test_each_network_slice_is_computed_once_and_the_bound_retried(same_z: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One sweep along Z: every network slice's probabilities are asked of the source once,
+    whichever way the output slabs are labelled; after a slab the bound cannot settle,
+    RETRY_SLABS slabs take every class before the bound is tried again; the labels are the
+    whole resampling's."""
     monkeypatch.setattr(block_source, "SLAB_BYTES", 16 * 2**10)
-    probs = _peaky(6, (12, 10, 16), seed=4)
-    shape, out_shape = tuple(probs.shape[1:]), (24, 20, 16)
-    calls: list[int] = []
-    real_top2 = resample.top2
-    monkeypatch.setattr(resample, "top2", lambda p: calls.append(1) or real_top2(p))
+    monkeypatch.setattr(resample, "SLAB_BYTES", 8 * 2**10)
+    monkeypatch.setattr(resample, "DENSE_FRACTION", 1.01)  # never every class because of the present ones
+    monkeypatch.setattr(resample, "GATHER_FRACTION", 0.0)  # the bound fails at the first open voxel
+    monkeypatch.setattr(resample, "RETRY_SLABS", 2)
+    probs = _peaky(6, (12, 10, 24), seed=5)
+    shape = tuple(probs.shape[1:])
+    out_shape = (24, 20, 24 if same_z else 37)
     source = BlockSource.of(probs)
-    slabs = len(list(source.slabs()))
-    assert slabs > 3
-    for fraction, expected_calls in ((0.0, 1), (1.01, slabs)):
-        monkeypatch.setattr(resample, "DENSE_FRACTION", fraction)
-        calls.clear()
-        out = np.full(out_shape, 231, np.uint8, order="F")
-        block_labels(source, tuple((0, n) for n in shape), grid_taps(shape, out_shape), out)
-        assert len(calls) == expected_calls
-        differ = out != resample_argmax(probs, out_shape)
-        assert not (differ & ~_near_ties(probs, out_shape)).any()
+    slices: list[int] = []
+    real_slab = source.slab
+    monkeypatch.setattr(source, "slab", lambda lo, hi, classes=None: slices.append(hi - lo) or real_slab(lo, hi, classes))
+    events: list[str] = []  # per output slab: S settled by the bound, F not (then C), C every class
+    real_settle, real_every = resample._settle, resample._chunked_argmax
+
+    def settle(*args: object) -> object:
+        labels = real_settle(*args)  # type: ignore[arg-type]
+        events.append("S" if labels is not None else "F")
+        return labels
+
+    monkeypatch.setattr(resample, "_settle", settle)
+    monkeypatch.setattr(resample, "_chunked_argmax", lambda *a: events.append("C") or real_every(*a))
+    out = np.full(out_shape, 231, np.uint8, order="F")
+    block_labels(source, tuple((0, n) for n in shape), grid_taps(shape, out_shape), out)
+    differ = out != resample_argmax(probs, out_shape)
+    assert not (differ & ~_near_ties(probs, out_shape)).any()
+    assert sum(slices) == shape[2] and len(slices) > 3, slices
+    pattern = "".join(events).replace("FC", "F")  # a failed slab's own resampling of every class
+    assert "F" in pattern and len(pattern) > 6, pattern
+    for i, event in enumerate(pattern):
+        if event == "F":  # then RETRY_SLABS slabs of every class (or the block's end)
+            assert pattern[i + 1 : i + 3] == "CC"[: len(pattern) - i - 1], pattern
+    assert "C" not in pattern.replace("FCC", "F")  # every class only after a failure
