@@ -27,7 +27,8 @@ run: the split is seeded and made before the label budget) in the original geome
         --labels 20,all --arms scratch,semi,pre --steps 1500 --pretrain-steps 1500
 
 Results accumulate in ``benchmarks/results/limited-labels-<cpu>.json`` and are rendered in
-RESULTS.md ("## Limited labels on <CPU>").
+RESULTS.md ("## Limited labels on <CPU>"); ``--tag T`` keeps another curve (e.g. a longer
+``--steps``) in ``limited-labels-<cpu>-T.json`` and its own section.
 """
 
 from __future__ import annotations
@@ -50,9 +51,13 @@ from medseg.utils import atomic_write_text  # noqa: E402
 ARMS = ("scratch", "semi", "pre", "both", "wu")
 
 
-def results_file() -> Path:
+def results_file(tag: str = "") -> Path:
     slug = "".join(c if c.isalnum() else "-" for c in cpu_model().lower()).strip("-")
-    return REPO / "benchmarks" / "results" / f"limited-labels-{slug}.json"
+    return REPO / "benchmarks" / "results" / f"limited-labels-{slug}{'-' + tag if tag else ''}.json"
+
+
+def section(tag: str = "") -> str:
+    return f"Limited labels on {cpu_model()}" + (f" ({tag})" if tag else "")
 
 
 def budget(steps: int) -> list[str]:
@@ -150,6 +155,47 @@ def paired(out: Path, labels: list[str], seed: int = 0, run_seed: int = 42) -> s
     return "\n".join(lines)
 
 
+def gap_closed(out: Path, labels: str, arm_name: str, seeds: list[int], draws: int = 5000) -> str:
+    """The gap between scratch with ``labels`` and scratch with every label, and how much of
+    it ``arm_name`` closes: per seed and pooled over the seeds (mean of the per-seed
+    means), with a bootstrap over the held-out cases within each seed (the seeds' own
+    spread shows in the per-seed lines, not in the interval)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    runs: dict[int, dict[str, np.ndarray]] = {}
+    lines = []
+    for seed in seeds:
+        dirs = {"low": run_name("scratch", labels, seed), "arm": run_name(arm_name, labels, seed),
+                "all": run_name("scratch", "all", seed)}
+        scores = {k: per_case(out / d / "heldout_eval_tta") for k, d in dirs.items()}
+        cases = sorted(scores["low"])
+        runs[seed] = {k: np.array([v[c] for c in cases]) for k, v in scores.items()}
+        m = {k: float(v.mean()) for k, v in runs[seed].items()}
+        lines.append(f"seed {seed}: scratch-{labels} {m['low']:.4f}, {arm_name}-{labels} {m['arm']:.4f}, scratch-all "
+                     f"{m['all']:.4f}: gap {m['all'] - m['low']:+.4f}, closed {m['arm'] - m['low']:+.4f}")
+
+    def pooled(r: dict[int, dict[str, np.ndarray]]) -> tuple[float, float]:
+        return (float(np.mean([v["all"].mean() - v["low"].mean() for v in r.values()])),
+                float(np.mean([v["arm"].mean() - v["low"].mean() for v in r.values()])))
+
+    gap, closed = pooled(runs)
+    boots = []
+    for _ in range(draws):
+        sample = {}
+        for seed, v in runs.items():
+            idx = rng.integers(0, len(v["low"]), len(v["low"]))
+            sample[seed] = {k: a[idx] for k, a in v.items()}
+        boots.append(pooled(sample))
+    b = np.array(boots)
+    g_lo, g_hi = np.percentile(b[:, 0], [2.5, 97.5])
+    c_lo, c_hi = np.percentile(b[:, 1], [2.5, 97.5])
+    f_lo, f_hi = np.percentile(100 * b[:, 1] / b[:, 0], [2.5, 97.5])
+    lines.append(f"pooled over {len(seeds)} seeds: gap {gap:+.4f} [{g_lo:+.4f}, {g_hi:+.4f}], {arm_name} closes "
+                 f"{closed:+.4f} [{c_lo:+.4f}, {c_hi:+.4f}] = {100 * closed / gap:.0f} % [{f_lo:.0f} %, {f_hi:.0f} %]")
+    return "\n".join(lines)
+
+
 def render(results: dict) -> str:
     lines = [machine_line(), ""]
     pre = results.get("pretrain")
@@ -181,21 +227,29 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=1500, help="fine-tuning optimiser steps per run")
     ap.add_argument("--pretrain-steps", type=int, default=1500)
     ap.add_argument("--seed", type=int, default=42, help="trainer.seed of the fine-tuning runs (split, label subset, init)")
+    ap.add_argument("--gap", metavar="ARM",
+                    help="only print how much of the scratch-<labels> vs scratch-all gap ARM closes, over --seeds")
+    ap.add_argument("--seeds", default="42", help="with --gap: comma-separated seeds whose runs to pool")
+    ap.add_argument("--tag", default="", help="a curve of its own (e.g. another --steps): its own results file and "
+                    "RESULTS.md section; use its own --output too")
     ap.add_argument("--render", action="store_true", help="only re-render RESULTS.md from the recorded results")
     ap.add_argument("--paired", action="store_true",
                     help="only print each arm minus scratch, paired over the held-out cases of --output's runs")
     args = ap.parse_args()
+    if args.gap:
+        print(gap_closed(args.output, args.labels.split(",")[0], args.gap, [int(x) for x in args.seeds.split(",")]))
+        return 0
     if args.paired:
         print(paired(args.output, args.labels.split(","), run_seed=args.seed))
         return 0
     if args.render:
-        update_section(f"Limited labels on {cpu_model()}", render(json.loads(results_file().read_text(encoding="utf-8"))))
+        update_section(section(args.tag), render(json.loads(results_file(args.tag).read_text(encoding="utf-8"))))
         return 0
     arms = [a for a in args.arms.split(",") if a]
     unknown = [a for a in arms if a not in ARMS]
     if unknown:
         raise SystemExit(f"--arms: unknown {unknown}; choose among {', '.join(ARMS)}")
-    path = results_file()
+    path = results_file(args.tag)
     results = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     args.output.mkdir(parents=True, exist_ok=True)
     pre_run = None
@@ -210,7 +264,7 @@ def main() -> int:
             path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(results, indent=2))
             print(json.dumps({key: results["runs"][key]}), flush=True)
-    update_section(f"Limited labels on {cpu_model()}", render(results))
+    update_section(section(args.tag), render(results))
     return 0
 
 

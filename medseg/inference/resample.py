@@ -153,7 +153,7 @@ class _Slices:
 
     def get(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if lo < self.lo or lo >= self.hi:
-            self.probs = self.index = self.second = self.probs[:0]  # freed before the next are computed
+            self.probs = self.index = self.second = torch.empty(0)  # freed before the next are computed
             (self.probs, self.index, self.second), self.lo, self.hi = self._compute(lo, hi), lo, hi
         elif hi > self.hi:
             new = self._compute(self.hi, hi)
