@@ -42,9 +42,19 @@ def _has_cuda() -> bool:
 
 
 def update_section(title: str, body: str) -> None:
-    """Replace (or append) the ``## title`` section of RESULTS.md, leaving others untouched."""
+    """Replace (or append) the ``## title`` section of RESULTS.md, leaving others untouched.
+
+    ``### `` subsections of the old section whose heading ``body`` does not render (notes
+    written by hand under a generated table) are kept after the new body."""
     text = RESULTS.read_text(encoding="utf-8") if RESULTS.exists() else "# Benchmark results\n"
     pattern = re.compile(rf"^## {re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
-    section = f"## {title}\n\n{body.strip()}\n\n"
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
+    found = pattern.search(text)
+    kept = []
+    if found:
+        rendered = set(re.findall(r"^### .*$", body, re.M))
+        for sub in re.findall(r"^### .*?(?=^### |\Z)", found.group(0), re.S | re.M):
+            if sub.splitlines()[0] not in rendered:
+                kept.append(sub.strip())
+    section = "\n\n".join([f"## {title}", body.strip(), *kept]) + "\n\n"
+    text = pattern.sub(lambda _: section, text) if found else text.rstrip() + "\n\n" + section
     RESULTS.write_text(text, encoding="utf-8")
