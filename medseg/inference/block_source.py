@@ -14,8 +14,7 @@ A block's ensemble members contribute in one of two forms
   (:func:`compact_pass`); the head and softmax compute in float32.
 
 :meth:`BlockSource.slab` gives the ensemble's mean probabilities over Z slices
-``[lo, hi)`` of the block, :meth:`BlockSource.at` at single voxels, and
-:meth:`BlockSource.full` the whole block (what a CRF refines). The order of operations is
+``[lo, hi)`` of the block and :meth:`BlockSource.full` the whole block (what a CRF refines). The order of operations is
 the whole-volume path's (softmax per pass, mean over passes, mean over members), so
 results agree with it up to float rounding.
 """
@@ -140,15 +139,10 @@ class BlockSource:
             raise ValueError("a BlockSource without members")
         return total.div_(self.members) if self.members > 1 else total
 
-    def slab(self, lo: int, hi: int, classes: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean probabilities (K, X, Y, hi - lo) over Z slices [lo, hi) of the block, or only
-        the rows ``classes``; on the source's device. Do not modify the result in place."""
-        out = self._mean((slice(None), slice(None), slice(lo, hi)))
-        return out if classes is None else out.index_select(0, classes.to(out.device))
-
-    def at(self, index: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Mean probabilities (K, n) at the n voxels ``index`` (block coordinates)."""
-        return self._mean(tuple(i.to(self.device) for i in index))
+    def slab(self, lo: int, hi: int) -> torch.Tensor:
+        """Mean probabilities (K, X, Y, hi - lo) over Z slices [lo, hi) of the block, on the
+        source's device. Do not modify the result in place."""
+        return self._mean((slice(None), slice(None), slice(lo, hi)))
 
     def full(self) -> torch.Tensor:
         """The whole block's probabilities (K, *shape): ``classes x block`` floats."""

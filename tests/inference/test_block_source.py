@@ -30,10 +30,6 @@ def test_an_ensemble_of_probabilities_and_features_is_their_mean() -> None:
     with torch.no_grad():
         torch.testing.assert_close(source.full(), want)
         torch.testing.assert_close(source.slab(2, 5), want[..., 2:5])
-        picked = torch.tensor([7, 0, 3])
-        torch.testing.assert_close(source.slab(1, 4, picked), want[picked][..., 1:4])
-        index = (torch.tensor([0, 5, 3]), torch.tensor([4, 0, 2]), torch.tensor([6, 1, 0]))
-        torch.testing.assert_close(source.at(index), want[:, index[0], index[1], index[2]])
     # asking does not change what is stored
     torch.testing.assert_close(source.full(), want)
 

@@ -169,7 +169,7 @@ def test_each_network_slice_is_computed_once_and_the_bound_retried(same_z: bool,
     source = BlockSource.of(probs)
     slices: list[int] = []
     real_slab = source.slab
-    monkeypatch.setattr(source, "slab", lambda lo, hi, classes=None: slices.append(hi - lo) or real_slab(lo, hi, classes))
+    monkeypatch.setattr(source, "slab", lambda lo, hi: slices.append(hi - lo) or real_slab(lo, hi))
     events: list[str] = []  # per output slab: S settled by the bound, F not (then C), C every class
     real_settle, real_every = resample._settle, resample._chunked_argmax
 
