@@ -14,8 +14,8 @@ A block's ensemble members contribute in one of two forms
   (:func:`compact_pass`); the head and softmax compute in float32.
 
 :meth:`BlockSource.slab` gives the ensemble's mean probabilities over Z slices
-``[lo, hi)`` of the block and :meth:`BlockSource.full` the whole block (what a CRF refines). The order of operations is
-the whole-volume path's (softmax per pass, mean over passes, mean over members), so
+``[lo, hi)`` of the block and :meth:`BlockSource.full` the whole block (what a CRF
+refines). The order of operations is the whole-volume path's (softmax per pass, mean over passes, mean over members), so
 results agree with it up to float rounding.
 """
 

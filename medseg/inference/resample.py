@@ -139,11 +139,8 @@ class _Slices:
 
     def __init__(self, source: BlockSource) -> None:
         self.source = source
-        self.lo, self.hi = 0, 0
-        k, (nx, ny) = source.num_classes, source.shape[:2]
-        self.probs = torch.empty((0, k, nx, ny))
-        self.index = torch.empty((0, nx, ny), dtype=torch.uint8 if k <= 256 else torch.int16)
-        self.second = torch.empty((0, nx, ny))
+        self.lo, self.hi = 0, 0  # empty: the first get computes
+        self.probs = self.index = self.second = torch.empty(0)
 
     def _compute(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         values = self.source.slab(lo, hi).float().cpu()  # (K, X', Y', z)
