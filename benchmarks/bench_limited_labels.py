@@ -66,10 +66,11 @@ def budget(steps: int) -> list[str]:
             "trainer.val_every_n_epochs=5", "trainer.progress_bar=false"]
 
 
-def pretrain(data: Path, out: Path, steps: int) -> dict:
+def pretrain(data: Path, out: Path, steps: int, pretext: str = "masked") -> dict:
     run = out / "pretrain"
+    overrides = budget(steps) + ([] if pretext == "masked" else [f"pretrain.method={pretext}"])
     cmd = [sys.executable, "-m", "medseg", "pretrain", str(PIPELINE), "--data", str(data / "dataset.json"),
-           "--output", str(run), *[a for s in budget(steps) for a in ("--set", s)]]
+           "--output", str(run), *[a for s in overrides for a in ("--set", s)]]
     if not (run / "train_summary.json").exists():
         interrupted = (run / "checkpoints" / "last.ckpt").exists() or (run / "checkpoints" / "interrupted.ckpt").exists()
         rc, _, _ = measured([*cmd, "--resume"] if interrupted else cmd)  # a killed benchmark continues
@@ -200,7 +201,9 @@ def render(results: dict) -> str:
     lines = [machine_line(), ""]
     pre = results.get("pretrain")
     if pre:
-        lines += [f"Pretraining (masked-volume reconstruction, all 208 images, labels unused): {pre['steps']} steps, "
+        task = ("Models Genesis restoration" if "pretrain.method=genesis" in pre["command"]
+                else "masked-volume reconstruction")
+        lines += [f"Pretraining ({task}, all 208 images, labels unused): {pre['steps']} steps, "
                   f"{pre['train_minutes']:.1f} min, best held-out reconstruction loss {pre['best_val_recon_loss']:.4f}.",
                   f"`{pre['command']}`", ""]
     lines += ["| labelled cases | arm | held-out mean fg Dice (TTA) | per case: min / Q1 / median | best val Dice "
@@ -226,6 +229,8 @@ def main() -> int:
     ap.add_argument("--arms", default="scratch,semi,pre", help=f"comma-separated arms among {', '.join(ARMS)}")
     ap.add_argument("--steps", type=int, default=1500, help="fine-tuning optimiser steps per run")
     ap.add_argument("--pretrain-steps", type=int, default=1500)
+    ap.add_argument("--pretext", choices=("masked", "genesis"), default="masked",
+                    help="pretrain.method of the pretraining (with --tag and its own --output to compare pretexts)")
     ap.add_argument("--seed", type=int, default=42, help="trainer.seed of the fine-tuning runs (split, label subset, init)")
     ap.add_argument("--gap", metavar="ARM",
                     help="only print how much of the scratch-<labels> vs scratch-all gap ARM closes, over --seeds")
@@ -254,7 +259,7 @@ def main() -> int:
     args.output.mkdir(parents=True, exist_ok=True)
     pre_run = None
     if any(a in ("pre", "both", "wu") for a in arms):
-        results["pretrain"] = pretrain(args.data, args.output, args.pretrain_steps)
+        results["pretrain"] = pretrain(args.data, args.output, args.pretrain_steps, args.pretext)
         pre_run = results["pretrain"]["run"]
     for labels in args.labels.split(","):
         for name in arms:

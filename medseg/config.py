@@ -271,6 +271,10 @@ class PretrainConfig:
     the image there (mean squared error on the masked voxels only).
     """
 
+    method: Literal["masked", "genesis"] = "masked"
+    """The pretext task: ``masked`` (masked-volume reconstruction, above) or ``genesis``
+    (Models Genesis, Zhou et al.: restore whole patches after local shuffling, a random
+    intensity curve and in-/out-painting; ``medseg.training.genesis``)."""
     mask_ratio: float = 0.6
     """Fraction of blocks zeroed in each patch."""
     mask_block: int = 8

@@ -1,4 +1,5 @@
-"""Self-supervised pretraining (``medseg pretrain``): masked-volume reconstruction on images alone.
+"""Self-supervised pretraining (``medseg pretrain``): masked-volume reconstruction on images alone
+(or, with ``pretrain.method: genesis``, the Models Genesis restoration of :mod:`medseg.training.genesis`).
 
 The pipeline's own network, with one output channel per input channel, learns to restore
 the voxels of randomly masked blocks of each patch (Wald et al. 2024, "Revisiting MAE
@@ -34,6 +35,7 @@ from medseg.data.unlabelled import every_image, load_images
 from medseg.models.checkpoint import in_channels
 from medseg.models.registry import build_network
 from medseg.training.fit import FitResult, check_run_dir, fit, run_manifest
+from medseg.training.genesis import genesis_corrupt
 from medseg.training.module import NetworkModule, module_hparams
 from medseg.training.precision import resolve_precision
 from medseg.utils import atomic_write_text
@@ -77,30 +79,38 @@ class PretrainModule(NetworkModule):
         channels = self.out_channels = in_channels(self.cfg, self.plan)
         self.net = build_network(self.cfg.model, channels, channels)
 
-    def _restore(self, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        out = self.net(self.in_layout(image * (1.0 - mask)))
-        return out[:, 0] if out.ndim == image.ndim + 1 else out  # deep supervision: the full-resolution head
+    def _restore(self, corrupted: torch.Tensor) -> torch.Tensor:
+        out = self.net(self.in_layout(corrupted))
+        return out[:, 0] if out.ndim == corrupted.ndim + 1 else out  # deep supervision: the full-resolution head
+
+    def _loss(self, image: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The pretext loss of one batch; ``generator`` (CPU) fixes the corruption."""
+        p = self.cfg.pretrain
+        if p.method == "genesis":
+            restored = self._restore(genesis_corrupt(image, generator))
+            return ((restored.float() - image.float()) ** 2).mean()
+        if generator is None:
+            mask = block_mask(image.shape, p.mask_ratio, p.mask_block, device=image.device)
+        else:
+            mask = block_mask(image.shape, p.mask_ratio, p.mask_block, generator=generator).to(image.device)
+        return masked_mse(self._restore(image * (1.0 - mask)), image, mask)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         image = batch["image"]
-        p = self.cfg.pretrain
-        mask = block_mask(image.shape, p.mask_ratio, p.mask_block, device=image.device)
-        loss = masked_mse(self._restore(image, mask), image, mask)
+        loss = self._loss(image)
         self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=image.shape[0])
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         # The same patches and masks at every validation: a loss comparable across epochs.
-        d, p = self.cfg.data, self.cfg.pretrain
+        d = self.cfg.data
         rng = np.random.default_rng([self.cfg.trainer.seed, batch_idx])
         volume = batch["image"].cpu().numpy()  # (a numpy crop of the whole case, as in training)
         empty = np.zeros(volume.shape[1:], np.uint8)
         patches = [sample_patch(volume, empty, {}, tuple(d.patch_size), 0.0, rng, d.slice_axis, d.slab_slices)[0]
                    for _ in range(VALIDATION_PATCHES_PER_CASE)]
         image = torch.from_numpy(np.stack(patches)).to(self.device)
-        generator = torch.Generator().manual_seed(self.cfg.trainer.seed * 1000 + batch_idx)
-        mask = block_mask(image.shape, p.mask_ratio, p.mask_block, generator=generator).to(self.device)
-        loss = masked_mse(self._restore(image, mask), image, mask)
+        loss = self._loss(image, torch.Generator().manual_seed(self.cfg.trainer.seed * 1000 + batch_idx))
         self.log("val/recon_loss", loss, prog_bar=True, on_epoch=True, batch_size=1, sync_dist=True)
 
 
