@@ -67,7 +67,7 @@ def bezier_curve(control: torch.Tensor, decreasing: bool, points: int = CURVE_PO
 
 def interpolate(u: torch.Tensor, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Piecewise-linear ``y(x)`` at ``u`` (``x`` ascending; ``u`` outside [x0, xn] clamped)."""
-    flat = u.reshape(-1).clamp(float(x[0]), float(x[-1])).contiguous()
+    flat = u.reshape(-1).clamp(x[0], x[-1]).contiguous()  # tensor bounds: no device sync
     right = torch.searchsorted(x, flat).clamp(1, x.numel() - 1)
     x0, x1, y0, y1 = x[right - 1], x[right], y[right - 1], y[right]
     w = ((flat - x0) / (x1 - x0).clamp(min=1e-12)).clamp(0.0, 1.0)
