@@ -90,17 +90,11 @@ def local_shuffle(patch: torch.Tensor, block: tuple[int, ...], offset: tuple[int
     flat = cells.reshape(c, *split).permute(to_cells).reshape(c, math.prod(grid), math.prod(block))
     order = keys.argsort(dim=-1)
     shuffled = flat.gather(2, order.expand(c, -1, -1))
-    back = shuffled.reshape(c, *grid, *block).permute(_inverse(to_cells)).reshape(cells.shape)
+    from_cells = sorted(range(len(to_cells)), key=to_cells.__getitem__)  # the inverse permutation
+    back = shuffled.reshape(c, *grid, *block).permute(from_cells).reshape(cells.shape)
     out = patch.clone()
     out[(slice(None), *region)] = back
     return out
-
-
-def _inverse(permutation: list[int]) -> list[int]:
-    inverse = [0] * len(permutation)
-    for i, p in enumerate(permutation):
-        inverse[p] = i
-    return inverse
 
 
 def _box(draws: _Draws, spatial: tuple[int, ...], low: list[int], high: list[int]) -> tuple[slice, ...]:

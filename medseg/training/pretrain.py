@@ -89,10 +89,8 @@ class PretrainModule(NetworkModule):
         if p.method == "genesis":
             restored = self._restore(genesis_corrupt(image, generator))
             return ((restored.float() - image.float()) ** 2).mean()
-        if generator is None:
-            mask = block_mask(image.shape, p.mask_ratio, p.mask_block, device=image.device)
-        else:
-            mask = block_mask(image.shape, p.mask_ratio, p.mask_block, generator=generator).to(image.device)
+        where = image.device if generator is None else "cpu"  # a generator draws on the CPU
+        mask = block_mask(image.shape, p.mask_ratio, p.mask_block, generator, where).to(image.device)
         return masked_mse(self._restore(image * (1.0 - mask)), image, mask)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -1,21 +1,17 @@
 """Models Genesis corruptions: each one does what it says, per sample, reproducibly, on the
-batch's device; and ``pretrain.method: genesis`` trains through ``medseg pretrain``."""
+batch's device; the whole-patch loss (a genesis pretraining run: tests/training/test_pretrain.py)."""
 
 from __future__ import annotations
-
-import csv
-from pathlib import Path
 
 import pytest
 import torch
 
 from medseg.config import from_dict
 from medseg.data.preprocess import PreprocessingPlan
-from medseg.data.synthetic import generate_dataset
 from medseg.training import genesis
 from medseg.training.genesis import bezier_curve, genesis_corrupt, interpolate, local_shuffle
 from medseg.training.module import module_hparams
-from medseg.training.pretrain import PretrainModule, pretrain
+from medseg.training.pretrain import PretrainModule
 
 
 def test_local_shuffle_permutes_within_each_cell_only():
@@ -154,22 +150,3 @@ def test_genesis_loss_is_the_error_over_the_whole_patch(monkeypatch):
     masked = _pretrain_module("masked")
     monkeypatch.setattr(masked, "_restore", lambda corrupted: restored)
     assert float(masked._loss(image)) != pytest.approx(2.0)  # the masked loss counts hidden voxels only
-
-
-@pytest.fixture(scope="module")
-def phantoms(tmp_path_factory) -> Path:
-    return generate_dataset(tmp_path_factory.mktemp("phantoms"), cases=3, seed=11)
-
-
-@pytest.mark.slow
-def test_genesis_pretraining_runs_and_learns(phantoms, tmp_path):
-    overrides = ["data.patch_size=[16,16,16]", "data.batch_size=2", "data.target_spacing=[4.0,4.0,4.0]",
-                 "model.channels=[4,8]", "trainer.max_epochs=4", "trainer.steps_per_epoch=6",
-                 "trainer.val_every_n_epochs=1", "trainer.progress_bar=false", "trainer.accelerator=cpu",
-                 "data.val_fraction=0.34", "pretrain.method=genesis"]
-    run = tmp_path / "pre"
-    pretrain(from_dict({}, overrides), [str(phantoms)], run)
-    assert "method: genesis" in (run / "config.yaml").read_text()
-    with (run / "logs" / "metrics.csv").open() as fh:
-        losses = [float(r["val/recon_loss"]) for r in csv.DictReader(fh) if r.get("val/recon_loss")]
-    assert len(losses) == 4 and losses[-1] < losses[0]  # the same fixed corruptions restored better
